@@ -1,1 +1,23 @@
-//! placeholder
+//! Trine's core: everything that decides, nothing that listens on a socket.
+//!
+//! Layout:
+//! - [`engine`]: [`Engine`], the handle every edge calls — applies worker frames, routes
+//!   invocations (built-in, worker → worker, engine → worker), fires triggers, evaluates conditions.
+//! - [`registry`]: functions, triggers, trigger types and connections, with ownership rules.
+//! - [`worker`]: one connected worker: bounded outbound queue, in-flight calls, metadata.
+//! - [`builtins`]: the `engine::*` functions (discovery, worker metadata, durable triggers, logs).
+//! - [`http`]: the `http` trigger type — route table, handler input, response mapping.
+//! - [`logs`]: the bounded log ring fed by SDK telemetry and `engine::log::*`.
+//!
+//! Invariants: no lock is held across an `.await`; every queue is bounded; a payload reaches
+//! its handler exactly as the caller sent it (caller identity travels out of band).
+
+pub mod builtins;
+pub mod engine;
+pub mod http;
+pub mod logs;
+pub mod registry;
+pub mod worker;
+
+pub use engine::{BoxFuture, Call, Caller, Engine, EngineConfig};
+pub use worker::{CallOutcome, ConnId, WorkerConn};

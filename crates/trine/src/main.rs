@@ -1,1 +1,36 @@
-fn main() {}
+//! `trine`: the engine binary. Thin by design — flags and env vars are parsed here and handed to
+//! `trine-server` / `trine-engine`; `call` and `logs` are clients built on `trine-sdk`.
+
+mod cli;
+mod client_cmds;
+mod serve;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trine: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::Call(args) => client_cmds::call(args).await,
+            cli::Command::Logs(args) => client_cmds::logs(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trine: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,709 @@
+//! The engine: applies worker frames to the registry and routes invocations.
+//!
+//! A call takes few hops: the socket task decodes a frame and calls [`Engine::handle_message`];
+//! a call is looked up in the registry (one short lock) and either runs in-process (built-in
+//! functions) or is queued on the target worker's bounded outbound channel, with a oneshot waiting
+//! for the `invocationresult`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trine_protocol::{
+    codes, ErrorBody, ErrorFrame, InvocationResult, InvokeFunction, Message, RegisterTrigger,
+    TriggerAction, WorkerRegistered,
+};
+
+use crate::builtins;
+use crate::http::HttpRoutes;
+use crate::logs::{LogStore, TraceIndex};
+use crate::registry::{
+    Effects, FunctionInfo, Handler, Provider, RegisterOutcome, Registry, TriggerEntry,
+    TriggerTypeEntry,
+};
+use crate::worker::{lock, CallOutcome, ConnId, WorkerConn};
+
+/// Boxed future returned by built-in functions.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Engine-wide limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Engine-side deadline for any call (the SDKs have their own, usually 30 s).
+    pub invocation_timeout: Duration,
+    /// Calls one worker may be executing at once; more get `overloaded`.
+    pub max_inflight_per_worker: usize,
+    /// Unanswered calls one worker may have made at once; more get `overloaded`.
+    pub max_outstanding_per_caller: usize,
+    /// Frames queued towards one worker before sends report it as full.
+    pub outbound_queue_frames: usize,
+    /// Log records kept in memory (oldest dropped first, and counted).
+    pub log_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            invocation_timeout: Duration::from_secs(30),
+            max_inflight_per_worker: 4096,
+            max_outstanding_per_caller: 4096,
+            outbound_queue_frames: 8192,
+            log_capacity: 10_000,
+        }
+    }
+}
+
+/// Who is calling: used for out-of-band caller identity (never injected into payloads).
+#[derive(Clone)]
+pub enum Caller {
+    Worker(Arc<WorkerConn>),
+    Engine,
+    Http,
+    Cli,
+}
+
+impl Caller {
+    pub fn worker(&self) -> Option<&Arc<WorkerConn>> {
+        match self {
+            Caller::Worker(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+/// One invocation request.
+pub struct Call {
+    pub function_id: String,
+    pub data: Value,
+    pub metadata: Option<Value>,
+    pub caller: Caller,
+    /// Id to reuse towards the executing worker (the caller's id for worker → worker calls).
+    pub invocation_id: Option<String>,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+    /// Overrides [`EngineConfig::invocation_timeout`].
+    pub timeout: Option<Duration>,
+}
+
+impl Call {
+    pub fn new(function_id: impl Into<String>, data: Value, caller: Caller) -> Self {
+        Self {
+            function_id: function_id.into(),
+            data,
+            metadata: None,
+            caller,
+            invocation_id: None,
+            traceparent: None,
+            baggage: None,
+            timeout: None,
+        }
+    }
+}
+
+/// Cheap-to-clone handle to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    registry: Mutex<Registry>,
+    http: Arc<HttpRoutes>,
+    logs: LogStore,
+    traces: Mutex<TraceIndex>,
+    functions_changed: Notify,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        let http = Arc::new(HttpRoutes::default());
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                logs: LogStore::new(config.log_capacity),
+                config,
+                registry: Mutex::new(Registry::default()),
+                http: http.clone(),
+                traces: Mutex::new(TraceIndex::new(16_384)),
+                functions_changed: Notify::new(),
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        {
+            let mut reg = lock(&engine.inner.registry);
+            builtins::install(&mut reg);
+            reg.add_builtin_trigger_type("http", "HTTP API trigger", http);
+            let passive = Arc::new(builtins::EngineEventTriggers);
+            reg.add_builtin_trigger_type(
+                "engine::functions-available",
+                "Fires when the set of functions changes",
+                passive.clone(),
+            );
+            reg.add_builtin_trigger_type(
+                "engine::workers-available",
+                "Fires when workers connect, disconnect or report metadata",
+                passive,
+            );
+        }
+        engine.spawn_functions_watcher();
+        engine
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn http_routes(&self) -> &Arc<HttpRoutes> {
+        &self.inner.http
+    }
+
+    pub fn logs(&self) -> &LogStore {
+        &self.inner.logs
+    }
+
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        lock(&self.inner.registry)
+    }
+
+    /// Tracks background work so shutdown can wait for it.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Stops accepting work, closes every worker connection and waits (bounded) for tasks.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let workers: Vec<Arc<WorkerConn>> = self.registry().workers.values().cloned().collect();
+        for w in workers {
+            self.disconnect_worker(&w);
+        }
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
+    }
+
+    // ----- connections -------------------------------------------------------------------
+
+    /// Creates the record of a new worker connection and queues its `workerregistered` frame.
+    /// `outbound` is the connection's bounded frame queue, drained by its write loop.
+    pub fn connect_worker(
+        &self,
+        outbound: mpsc::Sender<String>,
+        remote_addr: Option<String>,
+    ) -> Arc<WorkerConn> {
+        let id: ConnId = uuid::Uuid::new_v4().to_string().into();
+        let conn = Arc::new(WorkerConn::new(
+            id.clone(),
+            outbound,
+            remote_addr,
+            self.inner.shutdown.child_token(),
+        ));
+        let _ = conn.try_send(&Message::WorkerRegistered(WorkerRegistered {
+            worker_id: id.to_string(),
+            reattach_token: Some(conn.reattach_token.clone()),
+        }));
+        self.registry().workers.insert(id, conn.clone());
+        conn
+    }
+
+    /// Runs the cleanup of a connection once (protocol.md §8.1): fails its in-flight calls with
+    /// `invocation_stopped`, removes what it still owns, re-parks triggers of types it provided.
+    pub fn disconnect_worker(&self, conn: &Arc<WorkerConn>) {
+        if !conn.close() {
+            return;
+        }
+        let was_listed = conn.is_active();
+        let mut fx = Effects::default();
+        self.registry().remove_connection(conn, &mut fx);
+        self.apply(fx);
+        if was_listed {
+            tracing::info!(worker_id = %conn.id, worker = %conn.name(), "worker disconnected");
+            self.emit_worker_event("worker_disconnected", &conn.id);
+        }
+    }
+
+    fn apply(&self, fx: Effects) {
+        for (to, msg) in fx.sends {
+            if let Err(e) = to.try_send(&msg) {
+                tracing::warn!(worker_id = %to.id, error = ?e, "could not queue a registry frame for a worker");
+            }
+        }
+        if fx.functions_changed {
+            self.inner.functions_changed.notify_one();
+        }
+    }
+
+    fn send_error_frame(&self, conn: &Arc<WorkerConn>, body: ErrorBody) {
+        let _ = conn.try_send(&Message::Error(ErrorFrame { error: body }));
+    }
+
+    /// Applies one decoded frame from a worker. Registrations are applied before returning
+    /// (in arrival order); invocations run on their own tasks.
+    pub async fn handle_message(&self, conn: &Arc<WorkerConn>, msg: Message) {
+        match msg {
+            Message::RegisterFunction(f) => {
+                let info = FunctionInfo {
+                    description: f.description,
+                    request_format: f.request_format,
+                    response_format: f.response_format,
+                    metadata: f.metadata,
+                };
+                if f.invocation.is_some() {
+                    tracing::warn!(function_id = %f.id, "HTTP-invoked functions are not supported yet; registering it as a worker function");
+                }
+                conn.mark_active();
+                let mut fx = Effects::default();
+                let outcome = self
+                    .registry()
+                    .register_function(conn, &f.id, info, &mut fx);
+                self.apply(fx);
+                match outcome {
+                    RegisterOutcome::Owner => {}
+                    RegisterOutcome::Standby { owner } => {
+                        tracing::warn!(function_id = %f.id, owner = %owner, worker = %conn.name(),
+                            "function id is owned by another live worker; this registration waits as a standby");
+                        self.send_error_frame(conn, ErrorBody::new(codes::FUNCTION_ID_CONFLICT,
+                            format!("function `{}` is owned by live worker `{owner}`; this registration takes over when that worker disconnects", f.id)));
+                    }
+                    RegisterOutcome::Refused => {
+                        tracing::warn!(function_id = %f.id, "a worker tried to register a built-in function id");
+                        self.send_error_frame(conn, ErrorBody::new(codes::FUNCTION_ID_CONFLICT,
+                            format!("function `{}` is built into the engine and cannot be registered by a worker", f.id)));
+                    }
+                }
+            }
+            Message::UnregisterFunction(f) => {
+                let mut fx = Effects::default();
+                self.registry()
+                    .unregister_function(&conn.id, &f.id, &mut fx);
+                self.apply(fx);
+            }
+            Message::RegisterTrigger(t) => {
+                conn.mark_active();
+                let (id, ty, fid) = (t.id.clone(), t.trigger_type.clone(), t.function_id.clone());
+                let mut fx = Effects::default();
+                let res = self.registry().register_trigger(Some(conn), t, &mut fx);
+                self.apply(fx);
+                if let Err(error) = res {
+                    tracing::warn!(trigger_id = %id, trigger_type = %ty, error = %error.message, "trigger registration failed");
+                    let _ = conn.try_send(&Message::TriggerRegistrationResult(
+                        trine_protocol::TriggerRegistrationResult {
+                            id,
+                            trigger_type: ty,
+                            function_id: fid,
+                            error: Some(error),
+                        },
+                    ));
+                }
+            }
+            Message::UnregisterTrigger(t) => {
+                let mut fx = Effects::default();
+                self.registry().remove_trigger(&t.id, &mut fx);
+                self.apply(fx);
+            }
+            Message::RegisterTriggerType(t) => {
+                conn.mark_active();
+                let entry = TriggerTypeEntry {
+                    description: t.description,
+                    trigger_request_format: t.trigger_request_format,
+                    call_request_format: t.call_request_format,
+                    provider: Provider::Worker(conn.clone()),
+                };
+                let mut fx = Effects::default();
+                let res = self
+                    .registry()
+                    .register_trigger_type(conn, &t.id, entry, &mut fx);
+                self.apply(fx);
+                if let Err(e) = res {
+                    self.send_error_frame(conn, e);
+                }
+            }
+            Message::UnregisterTriggerType(t) => {
+                self.registry().unregister_trigger_type(&conn.id, &t.id);
+            }
+            Message::TriggerRegistrationResult(r) => {
+                if r.error.is_some() {
+                    let mut fx = Effects::default();
+                    self.registry().provider_rejected(&conn.id, r, &mut fx);
+                    self.apply(fx);
+                }
+            }
+            Message::RegisterService(s) => {
+                tracing::debug!(service = %s.id, "registerservice accepted (services are informational)");
+            }
+            Message::InvokeFunction(m) => self.handle_invoke(conn, m).await,
+            Message::InvocationResult(r) => {
+                let outcome = match r.error {
+                    Some(e) => Err(e),
+                    None => Ok(r.result),
+                };
+                if !conn.complete(&r.invocation_id, outcome) {
+                    tracing::debug!(invocation_id = %r.invocation_id, "result for an unknown or finished invocation ignored");
+                }
+            }
+            Message::Reattach(r) => self.reattach(conn, r.previous_worker_id, r.reattach_token),
+            Message::Ping => {
+                let _ = conn.send(&Message::Pong).await;
+            }
+            Message::Pong => {}
+            Message::WorkerRegistered(_) | Message::Error(_) => {
+                tracing::debug!(worker_id = %conn.id, "engine-bound frame of an engine-only type ignored");
+            }
+        }
+    }
+
+    fn reattach(&self, conn: &Arc<WorkerConn>, previous: String, token: Option<String>) {
+        let old = {
+            let reg = self.registry();
+            reg.workers.get(previous.as_str()).cloned()
+        };
+        match (old, token) {
+            (Some(old), Some(token)) if old.id != conn.id && old.reattach_token == token => {
+                tracing::info!(old = %old.id, new = %conn.id, "reattach: retiring the previous connection");
+                self.disconnect_worker(&old);
+            }
+            _ => {
+                tracing::debug!(previous = %previous, "reattach ignored (no matching live connection)")
+            }
+        }
+    }
+
+    async fn handle_invoke(&self, conn: &Arc<WorkerConn>, m: InvokeFunction) {
+        match m.action {
+            Some(TriggerAction::Enqueue { queue }) => {
+                if let Some(id) = m.invocation_id {
+                    let body = ErrorBody::new(
+                        codes::ENQUEUE_ERROR,
+                        format!("Queue '{queue}' not found: durable queues are not available in this Trine build yet"),
+                    );
+                    reply(conn, id, m.function_id, Err(body)).await;
+                }
+            }
+            Some(TriggerAction::Void) => {
+                let call = Call {
+                    function_id: m.function_id,
+                    data: m.data,
+                    metadata: m.metadata,
+                    caller: Caller::Worker(conn.clone()),
+                    invocation_id: None,
+                    traceparent: m.traceparent,
+                    baggage: m.baggage,
+                    timeout: None,
+                };
+                self.invoke_void(call);
+            }
+            None => {
+                let Some(id) = m.invocation_id else {
+                    // A call without id cannot be answered: run it like a void call.
+                    let mut call = Call::new(m.function_id, m.data, Caller::Worker(conn.clone()));
+                    call.metadata = m.metadata;
+                    self.invoke_void(call);
+                    return;
+                };
+                let limit = self.inner.config.max_outstanding_per_caller;
+                if conn.outstanding.fetch_add(1, Ordering::AcqRel) >= limit {
+                    conn.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    let body = ErrorBody::new(
+                        codes::OVERLOADED,
+                        format!(
+                            "this worker already has {limit} calls awaiting results; retry later"
+                        ),
+                    );
+                    reply(conn, id, m.function_id, Err(body)).await;
+                    return;
+                }
+                let call = Call {
+                    function_id: m.function_id.clone(),
+                    data: m.data,
+                    metadata: m.metadata,
+                    caller: Caller::Worker(conn.clone()),
+                    invocation_id: Some(id.clone()),
+                    traceparent: m.traceparent,
+                    baggage: m.baggage,
+                    timeout: None,
+                };
+                let engine = self.clone();
+                let conn = conn.clone();
+                self.inner.tasks.spawn(async move {
+                    let outcome = engine.invoke(call).await;
+                    reply(&conn, id, m.function_id, outcome).await;
+                    conn.outstanding.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        }
+    }
+
+    // ----- invocation --------------------------------------------------------------------
+
+    /// Runs a call and returns its outcome. `Ok(None)` means the function returned nothing.
+    pub async fn invoke(&self, call: Call) -> CallOutcome {
+        let handler = {
+            let reg = self.registry();
+            reg.functions
+                .get(&call.function_id)
+                .map(|e| e.handler.clone())
+        };
+        let timeout = call.timeout.unwrap_or(self.inner.config.invocation_timeout);
+        match handler {
+            None => Err(ErrorBody::new(
+                codes::FUNCTION_NOT_FOUND,
+                format!("Function {} not found", call.function_id),
+            )),
+            Some(Handler::Builtin(f)) => {
+                let fut = f(self.clone(), call.caller, call.data);
+                match tokio::time::timeout(timeout, fut).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(timeout_error(&call.function_id, timeout)),
+                }
+            }
+            Some(Handler::Worker(w)) => self.call_worker(w, call, timeout).await,
+        }
+    }
+
+    /// Runs a call without anyone waiting for it; failures are logged.
+    pub fn invoke_void(&self, call: Call) {
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            let fid = call.function_id.clone();
+            if let Err(e) = engine.invoke(call).await {
+                tracing::warn!(function_id = %fid, code = %e.code, error = %e.message, "fire-and-forget call failed");
+            }
+        });
+    }
+
+    async fn call_worker(&self, w: Arc<WorkerConn>, call: Call, timeout: Duration) -> CallOutcome {
+        // Reuse the caller's id unless it is already in use on the target.
+        let mut id = call
+            .invocation_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let limit = self.inner.config.max_inflight_per_worker;
+        let rx = match w.add_inflight(&id, limit) {
+            Ok(rx) => rx,
+            Err(e) if e.code == codes::INVOCATION_ERROR => {
+                id = uuid::Uuid::new_v4().to_string();
+                w.add_inflight(&id, limit)?
+            }
+            Err(e) => return Err(e),
+        };
+        let traceparent = call.traceparent.unwrap_or_else(new_traceparent);
+        if let Some(trace_id) = trace_id_of(&traceparent) {
+            lock(&self.inner.traces).record(trace_id, &call.function_id, &w);
+        }
+        let frame = Message::InvokeFunction(InvokeFunction {
+            invocation_id: Some(id.clone()),
+            function_id: call.function_id.clone(),
+            data: call.data,
+            action: None,
+            metadata: call.metadata,
+            traceparent: Some(traceparent),
+            baggage: call.baggage,
+        });
+        if let Err(e) = w.try_send(&frame) {
+            w.remove_inflight(&id);
+            return Err(match e {
+                crate::worker::SendError::Full => ErrorBody::new(
+                    codes::OVERLOADED,
+                    format!("worker {} is not reading its queue fast enough", w.name()),
+                ),
+                crate::worker::SendError::Closed => ErrorBody::new(
+                    codes::INVOCATION_STOPPED,
+                    "Invocation stopped: the worker disconnected",
+                ),
+            });
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(ErrorBody::new(
+                codes::INVOCATION_STOPPED,
+                "Invocation stopped: the worker disconnected",
+            )),
+            Err(_) => {
+                w.remove_inflight(&id);
+                Err(timeout_error(&call.function_id, timeout))
+            }
+        }
+    }
+
+    // ----- triggers ------------------------------------------------------------------------
+
+    /// Evaluates a trigger's `condition_function_id` (protocol.md §6): only a literal `false`
+    /// skips; an error skips and is logged. Returns whether the handler should run.
+    pub async fn condition_passes(
+        &self,
+        config: &Value,
+        payload: &Value,
+    ) -> Result<bool, ErrorBody> {
+        let Some(cond) = config.get("condition_function_id").and_then(Value::as_str) else {
+            return Ok(true);
+        };
+        let outcome = self
+            .invoke(Call::new(cond, payload.clone(), Caller::Engine))
+            .await?;
+        Ok(outcome != Some(Value::Bool(false)))
+    }
+
+    /// Fires a trigger with `payload`: condition first, then the bound function, with the
+    /// trigger's metadata as the sidecar. Runs in the background; failures are logged.
+    pub fn fire(&self, trigger: &TriggerEntry, payload: Value) {
+        let engine = self.clone();
+        let t = trigger.clone();
+        self.inner.tasks.spawn(async move {
+            match engine.condition_passes(&t.config, &payload).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(trigger_id = %t.id, code = %e.code, error = %e.message, "trigger condition failed; handler skipped");
+                    return;
+                }
+            }
+            let mut call = Call::new(t.function_id.clone(), payload, Caller::Engine);
+            call.metadata = t.metadata.clone();
+            if let Err(e) = engine.invoke(call).await {
+                tracing::warn!(trigger_id = %t.id, function_id = %t.function_id, code = %e.code, error = %e.message, "trigger handler failed");
+            }
+        });
+    }
+
+    /// Active triggers of one type.
+    pub fn triggers_of_type(&self, trigger_type: &str) -> Vec<TriggerEntry> {
+        self.registry()
+            .triggers
+            .values()
+            .filter(|t| t.active && t.trigger_type == trigger_type)
+            .cloned()
+            .collect()
+    }
+
+    /// Registers a durable trigger (not owned by any connection).
+    pub fn register_durable_trigger(&self, msg: RegisterTrigger) -> Result<(), ErrorBody> {
+        let mut fx = Effects::default();
+        let res = self.registry().register_trigger(None, msg, &mut fx);
+        self.apply(fx);
+        res
+    }
+
+    pub fn unregister_trigger(&self, id: &str) -> bool {
+        let mut fx = Effects::default();
+        let removed = self.registry().remove_trigger(id, &mut fx);
+        self.apply(fx);
+        removed
+    }
+
+    pub(crate) fn emit_worker_event(&self, event: &str, worker_id: &str) {
+        for t in self.triggers_of_type("engine::workers-available") {
+            self.fire(&t, json!({"event": event, "worker_id": worker_id}));
+        }
+    }
+
+    fn spawn_functions_watcher(&self) {
+        let engine = self.clone();
+        let token = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = engine.inner.functions_changed.notified() => {}
+                }
+                // Coalesce bursts (a worker registering many functions) into one event.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let triggers = engine.triggers_of_type("engine::functions-available");
+                if triggers.is_empty() {
+                    continue;
+                }
+                let functions = builtins::function_summaries(&engine, true);
+                for t in triggers {
+                    engine.fire(
+                        &t,
+                        json!({"event": "functions_changed", "functions": functions}),
+                    );
+                }
+            }
+        });
+    }
+
+    // ----- telemetry -----------------------------------------------------------------------
+
+    /// Ingests one binary telemetry frame (`LOGS` records are kept; spans and metrics are
+    /// accepted and dropped for now).
+    pub fn ingest_telemetry(
+        &self,
+        conn: Option<&Arc<WorkerConn>>,
+        kind: trine_protocol::TelemetryKind,
+        payload: &[u8],
+    ) {
+        if kind != trine_protocol::TelemetryKind::Logs {
+            return;
+        }
+        let traces = &self.inner.traces;
+        let source = conn.map(|c| c.id.clone());
+        match self
+            .inner
+            .logs
+            .ingest_otlp(payload, source, |trace_id| lock(traces).lookup(trace_id))
+        {
+            Ok(n) => tracing::trace!(records = n, "telemetry logs ingested"),
+            Err(e) => tracing::debug!(error = %e, "unparseable LOGS frame dropped"),
+        }
+    }
+
+    pub fn worker(&self, id: &str) -> Option<Arc<WorkerConn>> {
+        self.registry().workers.get(id).cloned()
+    }
+}
+
+async fn reply(
+    conn: &Arc<WorkerConn>,
+    invocation_id: String,
+    function_id: String,
+    outcome: CallOutcome,
+) {
+    let (result, error) = match outcome {
+        Ok(r) => (r.filter(|v| !v.is_null()), None),
+        Err(e) => (None, Some(e)),
+    };
+    let msg = Message::InvocationResult(InvocationResult {
+        invocation_id,
+        function_id,
+        result,
+        error,
+        traceparent: None,
+        baggage: None,
+    });
+    // Waiting here applies back-pressure to this caller only; it fails once the caller is gone.
+    let _ = conn.send(&msg).await;
+}
+
+fn timeout_error(function_id: &str, timeout: Duration) -> ErrorBody {
+    ErrorBody::new(
+        codes::INVOCATION_TIMEOUT,
+        format!(
+            "Invocation of {function_id} timed out after {} ms (engine timeout)",
+            timeout.as_millis()
+        ),
+    )
+}
+
+fn new_traceparent() -> String {
+    let t = uuid::Uuid::new_v4().simple().to_string();
+    let s = uuid::Uuid::new_v4().simple().to_string();
+    format!("00-{t}-{}-01", &s[..16])
+}
+
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let id = parts.next()?;
+    (id.len() == 32).then_some(id)
+}

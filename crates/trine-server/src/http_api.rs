@@ -1,0 +1,259 @@
+//! The REST listener: every request goes through one fallback handler that matches the engine's
+//! route table, builds the handler input, invokes the bound function and maps its result.
+//! The decisions (matching, input shape, response mapping, error statuses) live in
+//! `trine_engine::http`; this file only translates HTTP.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use trine_engine::http::{
+    error_reply, is_json_content_type, map_result, parse_query, request_object, HttpReply,
+    RouteMatch,
+};
+use trine_engine::{Call, Caller, Engine};
+use trine_protocol::ErrorBody;
+
+use crate::settings::HttpSettings;
+
+#[derive(Clone)]
+struct HttpState {
+    engine: Engine,
+    settings: Arc<HttpSettings>,
+    slots: Arc<Semaphore>,
+}
+
+pub fn router(engine: Engine, settings: HttpSettings) -> Router {
+    let slots = Arc::new(Semaphore::new(settings.concurrency_request_limit.max(1)));
+    Router::new().fallback(handle).with_state(HttpState {
+        engine,
+        settings: Arc::new(settings),
+        slots,
+    })
+}
+
+fn code_error(code: &str, message: impl Into<String>) -> HttpReply {
+    let (reply, _) = error_reply(&ErrorBody::new(code, message));
+    reply
+}
+
+async fn handle(State(st): State<HttpState>, req: Request) -> Response {
+    let origin = req
+        .headers()
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let is_preflight = req.method() == Method::OPTIONS
+        && origin.is_some()
+        && req.headers().contains_key("access-control-request-method");
+    if is_preflight {
+        return preflight(&st.settings, req.headers(), origin.as_deref());
+    }
+    let mut response = match st.slots.clone().acquire_owned().await {
+        Ok(_permit) => {
+            let timeout = st.settings.default_timeout;
+            match tokio::time::timeout(timeout, serve(&st, req)).await {
+                Ok(reply) => into_response(reply),
+                Err(_) => into_response(code_error(
+                    trine_protocol::codes::INVOCATION_TIMEOUT,
+                    format!("request timed out after {} ms", timeout.as_millis()),
+                )),
+            }
+        }
+        Err(_) => into_response(code_error("INTERNAL_ERROR", "server is shutting down")),
+    };
+    add_cors(&st.settings, origin.as_deref(), response.headers_mut());
+    response
+}
+
+async fn serve(st: &HttpState, req: Request) -> HttpReply {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let raw_query = req.uri().query().map(str::to_owned);
+    let routes = st.engine.http_routes();
+    let mut found = routes.route(&method, &path);
+    if st.settings.ignore_trailing_slash
+        && matches!(found, RouteMatch::NotFound)
+        && path.len() > 1
+        && path.ends_with('/')
+    {
+        found = routes.route(&method, path.trim_end_matches('/'));
+    }
+    let (binding, template, path_params) = match found {
+        RouteMatch::NotFound => return code_error("NOT_FOUND", "Not Found"),
+        RouteMatch::MethodNotAllowed { allow } => {
+            let mut reply = code_error(
+                "METHOD_NOT_ALLOWED",
+                format!("Method {method} not allowed on {path}"),
+            );
+            reply.headers.push(("allow".into(), allow.join(", ")));
+            return reply;
+        }
+        RouteMatch::Found {
+            binding,
+            template,
+            path_params,
+        } => (binding, template, path_params),
+    };
+
+    let (parts, body) = req.into_parts();
+    let mut headers = Map::new();
+    for (name, value) in parts.headers.iter() {
+        headers.insert(
+            name.as_str().to_owned(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
+    }
+    let bytes = match to_bytes(body, st.settings.body_limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return code_error(
+                "PAYLOAD_TOO_LARGE",
+                format!(
+                    "request body exceeds the limit of {} bytes",
+                    st.settings.body_limit
+                ),
+            )
+        }
+    };
+    let content_type = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let body_value = if is_json_content_type(content_type) && !bytes.is_empty() {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return code_error(
+                    "INVALID_JSON",
+                    format!("request body is not valid JSON: {e}"),
+                )
+            }
+        }
+    } else {
+        Value::Null
+    };
+    let input = request_object(
+        &template,
+        &method,
+        path_params,
+        parse_query(raw_query.as_deref()),
+        headers,
+        body_value,
+    );
+
+    if let Some(cond) = &binding.condition_function_id {
+        match st
+            .engine
+            .invoke(Call::new(cond.clone(), input.clone(), Caller::Http))
+            .await
+        {
+            Ok(Some(Value::Bool(false))) => {
+                return code_error("CONDITION_NOT_MET", "Request condition not met")
+            }
+            Ok(_) => {}
+            Err(e) => return logged_error(&binding.function_id, e),
+        }
+    }
+
+    let mut call = Call::new(binding.function_id.clone(), input, Caller::Http);
+    call.metadata = binding.metadata.clone();
+    call.timeout = Some(st.settings.default_timeout);
+    match st.engine.invoke(call).await {
+        Ok(result) => map_result(result),
+        Err(e) => logged_error(&binding.function_id, e),
+    }
+}
+
+fn logged_error(function_id: &str, e: ErrorBody) -> HttpReply {
+    let (reply, error_id) = error_reply(&e);
+    tracing::warn!(function_id, code = %e.code, error = %e.message, error_id = ?error_id, status = reply.status, "HTTP handler failed");
+    reply
+}
+
+fn into_response(reply: HttpReply) -> Response {
+    let mut resp = Response::new(Body::from(reply.body));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let headers = resp.headers_mut();
+    for (k, v) in reply.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            headers.append(name, value);
+        }
+    }
+    resp
+}
+
+fn add_cors(settings: &HttpSettings, origin: Option<&str>, headers: &mut HeaderMap) {
+    let Some(origin) = origin else { return };
+    let allowed = match &settings.cors {
+        None => Some("*".to_owned()),
+        Some(c) if c.allows_origin(origin) => Some(
+            if c.allowed_origins.is_empty() || c.allowed_origins.iter().any(|o| o == "*") {
+                "*".to_owned()
+            } else {
+                origin.to_owned()
+            },
+        ),
+        Some(_) => None,
+    };
+    if let Some(value) = allowed.and_then(|v| HeaderValue::try_from(v).ok()) {
+        headers.insert("access-control-allow-origin", value);
+        headers.insert("vary", HeaderValue::from_static("origin"));
+        if settings.cors.is_none() {
+            headers.insert(
+                "access-control-expose-headers",
+                HeaderValue::from_static("*"),
+            );
+        }
+    }
+}
+
+fn preflight(settings: &HttpSettings, req_headers: &HeaderMap, origin: Option<&str>) -> Response {
+    let requested = req_headers
+        .get("access-control-request-method")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    let method_ok = match &settings.cors {
+        None => true,
+        Some(c) => {
+            c.allowed_methods.is_empty()
+                || c.allowed_methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&requested))
+        }
+    };
+    let origin_ok = match (&settings.cors, origin) {
+        (None, _) => true,
+        (Some(c), Some(o)) => c.allows_origin(o),
+        (Some(_), None) => false,
+    };
+    if !(method_ok && origin_ok) {
+        let body = json!({"error": "CORS preflight rejected", "code": "CORS_REJECTED"});
+        return into_response(HttpReply::json(403, &body));
+    }
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    add_cors(settings, origin, h);
+    let methods = match &settings.cors {
+        Some(c) if !c.allowed_methods.is_empty() => c.allowed_methods.join(", "),
+        _ => "GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS".to_owned(),
+    };
+    if let Ok(v) = HeaderValue::try_from(methods) {
+        h.insert("access-control-allow-methods", v);
+    }
+    let req_h = req_headers
+        .get("access-control-request-headers")
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    h.insert("access-control-allow-headers", req_h);
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    resp
+}

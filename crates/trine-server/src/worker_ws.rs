@@ -1,0 +1,208 @@
+//! The worker WebSocket listener: `/` for workers (and SDK 0.9.0's telemetry socket), `/otel` for
+//! telemetry. One task per connection with a read loop here and a write loop draining the
+//! connection's bounded outbound queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use trine_engine::{Engine, WorkerConn};
+use trine_protocol::{
+    decode_worker_frame, split_telemetry, ErrorBody, ErrorFrame, InvocationResult, Message,
+};
+
+/// Close codes used when a connection must be dropped (RFC 6455).
+const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+#[derive(Clone)]
+struct WsState {
+    engine: Engine,
+    max_message_bytes: usize,
+    queue_frames: usize,
+}
+
+pub fn router(engine: Engine, max_message_bytes: usize) -> Router {
+    let queue_frames = engine.config().outbound_queue_frames;
+    Router::new()
+        .route("/", get(worker_upgrade))
+        .route("/otel", get(otel_upgrade))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .with_state(WsState {
+            engine,
+            max_message_bytes,
+            queue_frames,
+        })
+}
+
+async fn worker_upgrade(
+    ws: WebSocketUpgrade,
+    State(st): State<WsState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
+    ws.max_message_size(st.max_message_bytes)
+        .max_frame_size(st.max_message_bytes)
+        .on_upgrade(move |socket| worker_socket(socket, st, addr))
+}
+
+async fn otel_upgrade(ws: WebSocketUpgrade, State(st): State<WsState>) -> Response {
+    ws.max_message_size(st.max_message_bytes)
+        .max_frame_size(st.max_message_bytes)
+        .on_upgrade(move |socket| otel_socket(socket, st.engine))
+        .into_response()
+}
+
+async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
+    let engine = st.engine;
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<String>(st.queue_frames);
+    let (close_tx, mut close_rx) = oneshot::channel::<(u16, String)>();
+    let conn = engine.connect_worker(tx, Some(addr.ip().to_string()));
+    tracing::debug!(worker_id = %conn.id, %addr, "worker connection opened");
+
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                frame = rx.recv() => match frame {
+                    Some(text) => {
+                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                close = &mut close_rx => {
+                    if let Ok((code, reason)) = close {
+                        let _ = sink
+                            .send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() })))
+                            .await;
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let mut close_tx = Some(close_tx);
+    loop {
+        let frame = tokio::select! {
+            _ = conn.cancel.cancelled() => break,
+            f = stream.next() => f,
+        };
+        match frame {
+            None => break,
+            Some(Ok(WsMessage::Text(text))) => handle_text(&engine, &conn, text.as_str()).await,
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                if let Some((kind, payload)) = split_telemetry(&bytes) {
+                    engine.ingest_telemetry(Some(&conn), kind, payload);
+                } else {
+                    // The reference also decodes JSON sent in a binary frame.
+                    match std::str::from_utf8(&bytes) {
+                        Ok(text) => handle_text(&engine, &conn, text).await,
+                        Err(_) => send_error(
+                            &conn,
+                            ErrorBody::new(
+                                trine_protocol::codes::INVALID_MESSAGE,
+                                "binary frame is neither telemetry (LOGS/OTLP/MTRC prefix) nor UTF-8 JSON",
+                            ),
+                        ),
+                    }
+                }
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+            Some(Ok(WsMessage::Close(_))) => break,
+            Some(Err(e)) => {
+                let (code, reason) = classify_ws_error(&e);
+                tracing::warn!(worker_id = %conn.id, error = %e, code, "closing worker connection after a protocol error");
+                if let Some(tx) = close_tx.take() {
+                    let _ = tx.send((code, reason));
+                }
+                break;
+            }
+        }
+    }
+    engine.disconnect_worker(&conn);
+    // Let queued frames (e.g. a close frame) drain briefly, then stop the writer.
+    drop(close_tx);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_millis(200), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+    tracing::debug!(worker_id = %conn.id, "worker connection closed");
+}
+
+fn classify_ws_error(e: &axum::Error) -> (u16, String) {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("utf-8") || lower.contains("utf8") {
+        (
+            CLOSE_INVALID_PAYLOAD,
+            "invalid_message: text frame is not valid UTF-8".into(),
+        )
+    } else if lower.contains("too long") || lower.contains("too big") || lower.contains("capacity")
+    {
+        (
+            CLOSE_TOO_BIG,
+            "message_too_large: message exceeds the engine's limit".into(),
+        )
+    } else {
+        (1002, "protocol error".into())
+    }
+}
+
+fn send_error(conn: &Arc<WorkerConn>, error: ErrorBody) {
+    let _ = conn.try_send(&Message::Error(ErrorFrame { error }));
+}
+
+async fn handle_text(engine: &Engine, conn: &Arc<WorkerConn>, text: &str) {
+    match decode_worker_frame(text) {
+        Ok(Some(msg)) => engine.handle_message(conn, msg).await,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(worker_id = %conn.id, code = e.code, error = %e.message, "undecodable frame dropped");
+            match e.invocation_id.clone() {
+                // The caller of a malformed call is answered, so it does not wait for a timeout.
+                Some(id) => {
+                    let _ = conn
+                        .send(&Message::InvocationResult(InvocationResult {
+                            invocation_id: id,
+                            function_id: e.function_id.clone().unwrap_or_default(),
+                            result: None,
+                            error: Some(e.to_error_body()),
+                            traceparent: None,
+                            baggage: None,
+                        }))
+                        .await;
+                }
+                None => send_error(conn, e.to_error_body()),
+            }
+        }
+    }
+}
+
+async fn otel_socket(socket: WebSocket, engine: Engine) {
+    let (_sink, mut stream) = socket.split();
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(WsMessage::Binary(bytes)) => {
+                if let Some((kind, payload)) = split_telemetry(&bytes) {
+                    engine.ingest_telemetry(None, kind, payload);
+                }
+            }
+            Ok(WsMessage::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `trine call` and `trine logs`: small clients of a running engine, built on `trine-sdk`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use trine_sdk::{Error, Worker, WorkerOptions};
+
+use crate::cli::{CallArgs, LogsArgs};
+
+async fn connect(url: &str, name: &str) -> anyhow::Result<Worker> {
+    Worker::connect(
+        url,
+        WorkerOptions {
+            name: Some(name.into()),
+            connect_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("connecting to {url}"))
+}
+
+pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let payload: Value = match &args.data {
+        None => Value::Null,
+        Some(text) => serde_json::from_str(text).context("--data is not valid JSON")?,
+    };
+    let worker = connect(&args.url, "trine-cli").await?;
+    let outcome = worker
+        .call_with_timeout(
+            &args.function_id,
+            payload,
+            Duration::from_millis(args.timeout_ms),
+        )
+        .await;
+    worker.shutdown().await;
+    match outcome {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::Remote(body)) => {
+            eprintln!("{}", serde_json::to_string(&body)?);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!(
+                "{}",
+                json!({"code": "client_error", "message": e.to_string()})
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_record(r: &Value, as_json: bool) {
+    if as_json {
+        println!("{r}");
+        return;
+    }
+    let nanos = r["time_unix_nano"].as_u64().unwrap_or(0);
+    let secs = nanos / 1_000_000_000;
+    let millis = (nanos / 1_000_000) % 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let level = r["level"].as_str().unwrap_or("info").to_uppercase();
+    let who = r["worker_name"].as_str().unwrap_or("-");
+    let function = r["function_id"].as_str().unwrap_or("-");
+    let data = match &r["data"] {
+        Value::Null => String::new(),
+        d => format!(" {d}"),
+    };
+    println!(
+        "{h:02}:{m:02}:{s:02}.{millis:03}Z {level:<5} [{who} {function}] {}{data}",
+        r["message"].as_str().unwrap_or("")
+    );
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let worker = connect(&args.url, "trine-logs").await?;
+    let mut query = json!({
+        "level": args.level,
+        "function_id": args.function,
+        "worker": args.worker,
+        "search": args.search,
+        "limit": args.limit,
+    });
+    loop {
+        let answer = match worker.call("engine::logs::list", query.clone()).await {
+            Ok(a) => a,
+            Err(Error::Remote(body)) => {
+                eprintln!("{}", serde_json::to_string(&body)?);
+                worker.shutdown().await;
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(e).context("querying logs"),
+        };
+        for r in answer["logs"].as_array().into_iter().flatten() {
+            print_record(r, args.json);
+        }
+        if !args.follow {
+            break;
+        }
+        query["after_seq"] = answer["next_seq"].clone();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    worker.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,202 @@
+//! `trine serve`: merge settings, start the engine and listeners, stop cleanly on a signal.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use trine_engine::{Engine, EngineConfig};
+use trine_server::config::{self, FileConfig};
+use trine_server::settings::CorsSettings;
+use trine_server::ServerSettings;
+
+use crate::cli::{LogFormat, ServeArgs};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Applies a config file on top of the built-in defaults. Modules the file does not list are
+/// disabled, as in iii (a file describes the whole engine).
+fn apply_file(settings: &mut ServerSettings, file: &FileConfig) {
+    if let Some(h) = &file.worker_manager.host {
+        settings.worker.host = h.clone();
+    }
+    if let Some(p) = file.worker_manager.port {
+        settings.worker.port = p;
+    }
+    match &file.http {
+        None => settings.http.enabled = false,
+        Some(h) => {
+            let s = &mut settings.http;
+            s.enabled = true;
+            s.host = h
+                .host
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_HOST.into());
+            s.port = h.port.unwrap_or(config::DEFAULT_HTTP_PORT);
+            s.default_timeout = Duration::from_millis(h.default_timeout_ms);
+            s.concurrency_request_limit = h.concurrency_request_limit.max(1);
+            if let Some(limit) = h.body_limit {
+                s.body_limit = limit;
+            }
+            s.cors = h.cors.as_ref().map(|c| CorsSettings {
+                allowed_origins: c.allowed_origins.clone(),
+                allowed_methods: c
+                    .allowed_methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
+            });
+            s.ignore_trailing_slash = h.ignore_trailing_slash;
+            if !h.middleware.is_empty() {
+                tracing::warn!(count = h.middleware.len(), "iii-http `middleware` is not supported yet; requests go straight to their handlers");
+            }
+        }
+    }
+    match &file.stream {
+        None => settings.stream.enabled = false,
+        Some(st) => {
+            settings.stream.enabled = true;
+            settings.stream.host = st
+                .host
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_HOST.into());
+            settings.stream.port = st.port.unwrap_or(config::DEFAULT_STREAM_PORT);
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    let mut settings = ServerSettings::default();
+    let mut engine_config = EngineConfig::default();
+
+    if let Some(path) = &args.config {
+        let file = config::load(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        for w in &file.warnings {
+            tracing::warn!("config: {w}");
+        }
+        if !file.unimplemented.is_empty() {
+            tracing::warn!(
+                entries = %file.unimplemented.join(", "),
+                "config lists workers Trine does not implement yet; they are not started"
+            );
+        }
+        if file.state.is_some() || file.queue.is_some() {
+            tracing::warn!("config: iii-state / iii-queue are not available in this Trine build yet; their blocks are validated but not started");
+        }
+        apply_file(&mut settings, &file);
+        tracing::info!(path = %path.display(), "config file loaded");
+    } else if std::path::Path::new("config.yaml").exists() {
+        tracing::info!(
+            "a config.yaml exists here but is not read; pass --config config.yaml to use it"
+        );
+    }
+
+    // Flags and env vars win over the file.
+    if let Some(h) = &args.host {
+        settings.worker.host = h.clone();
+        settings.http.host = h.clone();
+        settings.stream.host = h.clone();
+    }
+    if let Some(p) = args.worker_port {
+        settings.worker.port = p;
+    }
+    if let Some(p) = args.http_port {
+        settings.http.port = p;
+    }
+    if let Some(p) = args.stream_port {
+        settings.stream.port = p;
+    }
+    if let Some(ms) = args.http_timeout_ms {
+        settings.http.default_timeout = Duration::from_millis(ms);
+    }
+    if let Some(b) = args.http_body_limit {
+        settings.http.body_limit = b;
+    }
+    if let Some(m) = args.max_message_bytes {
+        settings.worker.max_message_bytes = m;
+    }
+    if let Some(ms) = args.invocation_timeout_ms {
+        engine_config.invocation_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = args.max_inflight_per_worker {
+        engine_config.max_inflight_per_worker = n.max(1);
+    }
+    if let Some(n) = args.log_capacity {
+        engine_config.log_capacity = n.max(1);
+    }
+
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("data"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+
+    let engine = Engine::new(engine_config);
+    let shutdown = CancellationToken::new();
+    let addrs = trine_server::start(&engine, &settings, shutdown.clone()).await?;
+
+    let ready = json!({
+        "worker_url": format!("ws://{}", addrs.worker),
+        "http_url": addrs.http.map(|a| format!("http://{a}")),
+        "stream_url": addrs.stream.map(|a| format!("ws://{a}")),
+        "data_dir": data_dir.display().to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    tracing::info!(
+        workers = %addrs.worker,
+        http = ?addrs.http,
+        streams = ?addrs.stream,
+        data_dir = %data_dir.display(),
+        "trine {} ready", env!("CARGO_PKG_VERSION")
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "trine ready {ready}");
+        let _ = out.flush();
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    engine.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
