@@ -47,7 +47,7 @@ struct Route {
 #[derive(Debug)]
 pub enum RouteMatch {
     Found {
-        binding: Binding,
+        binding: Box<Binding>,
         template: String,
         path_params: Map<String, Value>,
     },
@@ -135,7 +135,7 @@ impl HttpRoutes {
                 }
             }
             return RouteMatch::Found {
-                binding: r.bindings[0].clone(),
+                binding: Box::new(r.bindings[0].clone()),
                 template: r.template.clone(),
                 path_params,
             };
