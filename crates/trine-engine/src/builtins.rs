@@ -81,6 +81,17 @@ pub(crate) fn install(reg: &mut Registry) {
         );
     }
     reg.add_builtin(
+        "engine::channels::create",
+        "Create a channel; returns its writer and reader refs",
+        builtin(|e, _, v| async move {
+            let size = v.get("buffer_size").and_then(Value::as_u64);
+            let ch = e.channels().create(size);
+            Ok(Some(
+                json!({"writer": ch.reference("write"), "reader": ch.reference("read")}),
+            ))
+        }),
+    );
+    reg.add_builtin(
         "engine::echo",
         "Return the payload unchanged (diagnostics and benchmarks)",
         builtin(|_, _, v| async move { Ok(Some(v)) }),

@@ -21,6 +21,7 @@ use trine_protocol::{
 };
 
 use crate::builtins;
+use crate::channels::ChannelHub;
 use crate::http::HttpRoutes;
 use crate::logs::{LogStore, TraceIndex};
 use crate::registry::{
@@ -117,6 +118,7 @@ struct Inner {
     registry: Mutex<Registry>,
     http: Arc<HttpRoutes>,
     logs: LogStore,
+    channels: ChannelHub,
     traces: Mutex<TraceIndex>,
     functions_changed: Notify,
     tasks: TaskTracker,
@@ -129,6 +131,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 logs: LogStore::new(config.log_capacity),
+                channels: ChannelHub::new(Duration::from_secs(300)),
                 config,
                 registry: Mutex::new(Registry::default()),
                 http: http.clone(),
@@ -168,6 +171,10 @@ impl Engine {
 
     pub fn logs(&self) -> &LogStore {
         &self.inner.logs
+    }
+
+    pub fn channels(&self) -> &ChannelHub {
+        &self.inner.channels
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {

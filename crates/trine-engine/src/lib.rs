@@ -8,11 +8,13 @@
 //! - [`builtins`]: the `engine::*` functions (discovery, worker metadata, durable triggers, logs).
 //! - [`http`]: the `http` trigger type — route table, handler input, response mapping.
 //! - [`logs`]: the bounded log ring fed by SDK telemetry and `engine::log::*`.
+//! - [`channels`]: one-way frame pipes (HTTP request bodies, streamed responses, worker helpers).
 //!
 //! Invariants: no lock is held across an `.await`; every queue is bounded; a payload reaches
 //! its handler exactly as the caller sent it (caller identity travels out of band).
 
 pub mod builtins;
+pub mod channels;
 pub mod engine;
 pub mod http;
 pub mod logs;

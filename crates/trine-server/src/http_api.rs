@@ -11,7 +11,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Map, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
+use trine_engine::channels::{ChannelEnd, ChannelFrame, ChannelHub, Direction};
 use trine_engine::http::{
     error_reply, is_json_content_type, map_result, parse_query, request_object, HttpReply,
     RouteMatch,
@@ -58,7 +59,13 @@ async fn handle(State(st): State<HttpState>, req: Request) -> Response {
         Ok(_permit) => {
             let timeout = st.settings.default_timeout;
             match tokio::time::timeout(timeout, serve(&st, req)).await {
-                Ok(reply) => into_response(reply),
+                Ok(Outcome::Reply(reply)) => into_response(reply),
+                Ok(Outcome::Stream {
+                    status,
+                    headers,
+                    first,
+                    rest,
+                }) => stream_response(status, headers, first, rest),
                 Err(_) => into_response(code_error(
                     trine_protocol::codes::INVOCATION_TIMEOUT,
                     format!("request timed out after {} ms", timeout.as_millis()),
@@ -71,7 +78,7 @@ async fn handle(State(st): State<HttpState>, req: Request) -> Response {
     response
 }
 
-async fn serve(st: &HttpState, req: Request) -> HttpReply {
+async fn serve(st: &HttpState, req: Request) -> Outcome {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let raw_query = req.uri().query().map(str::to_owned);
@@ -85,14 +92,14 @@ async fn serve(st: &HttpState, req: Request) -> HttpReply {
         found = routes.route(&method, path.trim_end_matches('/'));
     }
     let (binding, template, path_params) = match found {
-        RouteMatch::NotFound => return code_error("NOT_FOUND", "Not Found"),
+        RouteMatch::NotFound => return Outcome::Reply(code_error("NOT_FOUND", "Not Found")),
         RouteMatch::MethodNotAllowed { allow } => {
             let mut reply = code_error(
                 "METHOD_NOT_ALLOWED",
                 format!("Method {method} not allowed on {path}"),
             );
             reply.headers.push(("allow".into(), allow.join(", ")));
-            return reply;
+            return Outcome::Reply(reply);
         }
         RouteMatch::Found {
             binding,
@@ -112,13 +119,13 @@ async fn serve(st: &HttpState, req: Request) -> HttpReply {
     let bytes = match to_bytes(body, st.settings.body_limit).await {
         Ok(b) => b,
         Err(_) => {
-            return code_error(
+            return Outcome::Reply(code_error(
                 "PAYLOAD_TOO_LARGE",
                 format!(
                     "request body exceeds the limit of {} bytes",
                     st.settings.body_limit
                 ),
-            )
+            ))
         }
     };
     let content_type = parts
@@ -130,10 +137,10 @@ async fn serve(st: &HttpState, req: Request) -> HttpReply {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) => v,
             Err(e) => {
-                return code_error(
+                return Outcome::Reply(code_error(
                     "INVALID_JSON",
                     format!("request body is not valid JSON: {e}"),
-                )
+                ))
             }
         }
     } else {
@@ -155,19 +162,136 @@ async fn serve(st: &HttpState, req: Request) -> HttpReply {
             .await
         {
             Ok(Some(Value::Bool(false))) => {
-                return code_error("CONDITION_NOT_MET", "Request condition not met")
+                return Outcome::Reply(code_error("CONDITION_NOT_MET", "Request condition not met"))
             }
             Ok(_) => {}
-            Err(e) => return logged_error(&binding.function_id, e),
+            Err(e) => return Outcome::Reply(logged_error(&binding.function_id, e)),
         }
     }
 
+    // Channels for the raw request body (engine writes) and a streamed response (engine reads).
+    let hub = st.engine.channels();
+    let req_ch = hub.create(None);
+    let resp_ch = hub.create(None);
+    let mut input = input;
+    input["request_body"] = req_ch.reference("read");
+    input["response"] = resp_ch.reference("write");
+    if let Some(ChannelEnd::Writer(tx)) = ChannelHub::take_end(&req_ch, Direction::Write) {
+        if !bytes.is_empty() {
+            // One frame always fits: a fresh channel buffers at least one.
+            let _ = tx.try_send(ChannelFrame::Binary(bytes.to_vec()));
+        }
+    }
+    let Some(ChannelEnd::Reader(resp_rx)) = ChannelHub::take_end(&resp_ch, Direction::Read) else {
+        return Outcome::Reply(code_error("INTERNAL_ERROR", "internal server error"));
+    };
     let mut call = Call::new(binding.function_id.clone(), input, Caller::Http);
     call.metadata = binding.metadata.clone();
     call.timeout = Some(st.settings.default_timeout);
-    match st.engine.invoke(call).await {
-        Ok(result) => map_result(result),
-        Err(e) => logged_error(&binding.function_id, e),
+    let outcome = run_handler(st, &binding.function_id, call, &resp_ch, resp_rx).await;
+    hub.remove(&req_ch.id);
+    hub.remove(&resp_ch.id);
+    outcome
+}
+
+/// What a request produced: a buffered reply, or a streamed one whose body keeps flowing from
+/// the response channel.
+enum Outcome {
+    Reply(HttpReply),
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        first: Vec<u8>,
+        rest: mpsc::Receiver<ChannelFrame>,
+    },
+}
+
+/// Runs the handler while watching its response channel (http.md §6–§7 with H1/H2): a non-null
+/// result wins unless body bytes were already streamed; a null result waits `null_result_grace`
+/// for a writer to attach, then answers 200 `null`.
+async fn run_handler(
+    st: &HttpState,
+    function_id: &str,
+    call: Call,
+    resp_ch: &trine_engine::channels::Channel,
+    mut rx: mpsc::Receiver<ChannelFrame>,
+) -> Outcome {
+    let attached = resp_ch.writer_attached();
+    let invoke = st.engine.invoke(call);
+    tokio::pin!(invoke);
+    let mut status = 200u16;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut handler_done = false;
+    let mut writer_closed = false;
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            r = &mut invoke, if !handler_done => match r {
+                Ok(Some(v)) if !v.is_null() => return Outcome::Reply(map_result(Some(v))),
+                Err(e) => return Outcome::Reply(logged_error(function_id, e)),
+                Ok(_) => {
+                    if writer_closed {
+                        return Outcome::Reply(HttpReply { status, headers, body: Vec::new() });
+                    }
+                    handler_done = true;
+                    grace = Some(tokio::time::Instant::now() + st.settings.null_result_grace);
+                }
+            },
+            frame = rx.recv(), if !writer_closed => match frame {
+                Some(ChannelFrame::Text(t)) => apply_control(&t, &mut status, &mut headers),
+                Some(ChannelFrame::Binary(first)) => {
+                    return Outcome::Stream { status, headers, first, rest: rx };
+                }
+                None => {
+                    if handler_done {
+                        return Outcome::Reply(HttpReply { status, headers, body: Vec::new() });
+                    }
+                    writer_closed = true;
+                }
+            },
+            _ = sleep_until_opt(grace), if grace.is_some() => {
+                if *attached.borrow() {
+                    grace = None; // a writer is streaming: wait for it (bounded by default_timeout)
+                } else {
+                    return Outcome::Reply(map_result(None));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `set_status` / `set_headers` control frames of the streaming protocol (http.md §7).
+fn apply_control(text: &str, status: &mut u16, headers: &mut Vec<(String, String)>) {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("set_status") => {
+            if let Some(code) = v.get("status_code").and_then(Value::as_u64) {
+                if (100..=599).contains(&code) {
+                    *status = code as u16;
+                }
+            }
+        }
+        Some("set_headers") => {
+            if let Some(map) = v.get("headers").and_then(Value::as_object) {
+                for (k, val) in map {
+                    if let Some(val) = val.as_str() {
+                        let k = k.to_ascii_lowercase();
+                        headers.retain(|(name, _)| name != &k);
+                        headers.push((k, val.to_owned()));
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -184,6 +308,37 @@ fn into_response(reply: HttpReply) -> Response {
     for (k, v) in reply.headers {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
             headers.append(name, value);
+        }
+    }
+    resp
+}
+
+fn stream_response(
+    status: u16,
+    headers: Vec<(String, String)>,
+    first: Vec<u8>,
+    rest: mpsc::Receiver<ChannelFrame>,
+) -> Response {
+    // Later text frames are ignored once the body started (http.md §7).
+    let tail = futures_util::stream::unfold(rest, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Some(ChannelFrame::Binary(b)) => {
+                    return Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(b)), rx))
+                }
+                Some(ChannelFrame::Text(_)) => continue,
+                None => return None,
+            }
+        }
+    });
+    let head = futures_util::stream::once(async move { Ok(bytes::Bytes::from(first)) });
+    let mut resp = Response::new(Body::from_stream(futures_util::StreamExt::chain(
+        head, tail,
+    )));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    for (k, v) in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            resp.headers_mut().append(name, value);
         }
     }
     resp

@@ -32,6 +32,9 @@ pub struct HttpSettings {
     pub body_limit: usize,
     /// `None`: permissive CORS (any origin and method), as the reference without a `cors` block.
     pub cors: Option<CorsSettings>,
+    /// How long a handler that returned `null` may take to start streaming on its response
+    /// channel before the answer is 200 `null` (http.md H2).
+    pub null_result_grace: Duration,
     /// Serve `/a/` with the route of `/a` when no route ends in a slash.
     pub ignore_trailing_slash: bool,
 }
@@ -78,6 +81,7 @@ impl Default for ServerSettings {
                 body_limit: 10 * 1024 * 1024,
                 cors: None,
                 ignore_trailing_slash: false,
+                null_result_grace: Duration::from_millis(500),
             },
             stream: StreamSettings {
                 enabled: true,

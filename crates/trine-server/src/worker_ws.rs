@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
+use trine_engine::channels::{ChannelEnd, ChannelFrame, Direction};
 use trine_engine::{Engine, WorkerConn};
 use trine_protocol::{
     decode_worker_frame, split_telemetry, ErrorBody, ErrorFrame, InvocationResult, Message,
@@ -34,6 +35,7 @@ pub fn router(engine: Engine, max_message_bytes: usize) -> Router {
     Router::new()
         .route("/", get(worker_upgrade))
         .route("/otel", get(otel_upgrade))
+        .route("/ws/channels/{channel_id}", get(channel_upgrade))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(WsState {
             engine,
@@ -203,6 +205,74 @@ async fn otel_socket(socket: WebSocket, engine: Engine) {
             }
             Ok(WsMessage::Close(_)) | Err(_) => break,
             Ok(_) => {}
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ChannelQuery {
+    key: Option<String>,
+    dir: Option<String>,
+}
+
+/// `/ws/channels/{id}?key=…&dir=read|write`: attaches one end of a channel. Unknown id, wrong key,
+/// bad direction or an end already taken → 404 before the upgrade (protocol.md §4.2).
+async fn channel_upgrade(
+    ws: WebSocketUpgrade,
+    State(st): State<WsState>,
+    Path(channel_id): Path<String>,
+    Query(q): Query<ChannelQuery>,
+) -> Response {
+    let end = match (q.key, q.dir.as_deref().and_then(Direction::parse)) {
+        (Some(key), Some(dir)) => st.engine.channels().take(&channel_id, &key, dir),
+        _ => None,
+    };
+    let Some(end) = end else {
+        return (StatusCode::NOT_FOUND, "channel not found").into_response();
+    };
+    ws.max_message_size(st.max_message_bytes)
+        .max_frame_size(st.max_message_bytes)
+        .on_upgrade(move |socket| channel_socket(socket, end))
+}
+
+async fn channel_socket(socket: WebSocket, end: ChannelEnd) {
+    let (mut sink, mut stream) = socket.split();
+    match end {
+        ChannelEnd::Writer(tx) => {
+            // Frames are forwarded in order; waiting on a full channel is the back-pressure.
+            while let Some(Ok(frame)) = stream.next().await {
+                let item = match frame {
+                    WsMessage::Text(t) => ChannelFrame::Text(t.as_str().to_owned()),
+                    WsMessage::Binary(b) => ChannelFrame::Binary(b.to_vec()),
+                    WsMessage::Close(_) => break,
+                    _ => continue,
+                };
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        }
+        ChannelEnd::Reader(mut rx) => {
+            loop {
+                tokio::select! {
+                    item = rx.recv() => {
+                        let msg = match item {
+                            Some(ChannelFrame::Text(t)) => WsMessage::Text(t.into()),
+                            Some(ChannelFrame::Binary(b)) => WsMessage::Binary(b.into()),
+                            None => break,
+                        };
+                        if sink.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    incoming = stream.next() => match incoming {
+                        None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                        _ => {}
+                    },
+                }
+            }
+            let _ = sink.close().await;
         }
     }
 }

@@ -60,6 +60,7 @@ fn apply_file(settings: &mut ServerSettings, file: &FileConfig) {
                     .collect(),
             });
             s.ignore_trailing_slash = h.ignore_trailing_slash;
+            s.null_result_grace = Duration::from_millis(h.null_result_grace_ms);
             if !h.middleware.is_empty() {
                 tracing::warn!(count = h.middleware.len(), "iii-http `middleware` is not supported yet; requests go straight to their handlers");
             }
