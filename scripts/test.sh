@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test Trine has, on a fresh machine too: Rust unit and engine tests, then the
+# black-box compatibility suites with the official iii SDKs (npm 0.9.0 / 0.11.6 / 0.22.1,
+# PyPI 0.25.0, crates.io 0.26.0-rc.4) against a real `trine serve`.
+# Installs the npm and pip packages it needs itself (pinned, lockfiles committed).
+# Usage: scripts/test.sh [rust|node|python|rust-sdk]...   (default: all)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+suites=("$@")
+[ ${#suites[@]} -gt 0 ] || suites=(rust node python rust-sdk)
+
+export TRINE_BIN="$repo/target/debug/trine"
+echo "==> building trine"
+cargo build --locked -p trine
+
+passed=0
+failed=0
+failed_names=()
+run() {
+  local name=$1; shift
+  echo "==> $name"
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failed_names+=("$name")
+  fi
+}
+
+for s in "${suites[@]}"; do
+  case "$s" in
+    rust) run "rust workspace tests" cargo test --locked --workspace ;;
+    node) run "node SDK compat (0.9.0, 0.11.6, 0.22.1)" bash tests/compat/node/run.sh ;;
+    python) run "python SDK compat (0.25.0)" bash tests/compat/python/run.sh ;;
+    rust-sdk) run "rust SDK compat (0.26.0-rc.4)" bash tests/compat/rust/run.sh ;;
+    *) echo "unknown suite: $s (rust, node, python, rust-sdk)" >&2; exit 2 ;;
+  esac
+done
+
+echo
+if [ "$failed" -gt 0 ]; then
+  echo "failed suites: ${failed_names[*]}"
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
