@@ -30,6 +30,8 @@ pub struct Binding {
     pub trigger_id: String,
     pub function_id: String,
     pub condition_function_id: Option<String>,
+    /// Per-route middleware (`middleware_function_ids`), run in order after the condition.
+    pub middleware: Vec<String>,
     pub metadata: Option<Value>,
 }
 
@@ -197,6 +199,17 @@ impl TriggerProvider for HttpRoutes {
                 .get("condition_function_id")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            middleware: t
+                .config
+                .get("middleware_function_ids")
+                .and_then(Value::as_array)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             metadata: t.metadata.clone(),
         };
         let mut routes = self.write();
@@ -412,11 +425,68 @@ pub fn map_result(result: Option<Value>) -> HttpReply {
     }
 }
 
+/// What a middleware function decided (http.md §10).
+#[derive(Debug, PartialEq)]
+pub enum MiddlewareDecision {
+    Continue,
+    Respond(HttpReply),
+}
+
+/// Input of a middleware call: the request without body, path or trigger.
+pub fn middleware_input(request: &Value) -> Value {
+    json!({
+        "phase": "preHandler",
+        "request": {
+            "path_params": request["path_params"],
+            "query_params": request["query_params"],
+            "headers": request["headers"],
+            "method": request["method"],
+        },
+        "context": {},
+    })
+}
+
+/// Interprets a middleware result: only `{action:"respond", response:{…}}` short-circuits.
+/// The body is always JSON-encoded; header entries that are not strings are skipped one by one
+/// (the reference dropped the whole map, weakness 10).
+pub fn middleware_decision(result: Option<Value>) -> MiddlewareDecision {
+    let Some(v) = result else {
+        return MiddlewareDecision::Continue;
+    };
+    if v.get("action").and_then(Value::as_str) != Some("respond") {
+        return MiddlewareDecision::Continue;
+    }
+    let resp = v.get("response").cloned().unwrap_or(Value::Null);
+    let status = resp
+        .get("status_code")
+        .and_then(Value::as_u64)
+        .filter(|s| (100..=999).contains(s))
+        .unwrap_or(200) as u16;
+    let body = resp.get("body").cloned().unwrap_or(Value::Null);
+    let mut headers: Vec<(String, String)> = resp
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !headers.iter().any(|(k, _)| k == "content-type") {
+        headers.push(("content-type".into(), "application/json".into()));
+    }
+    MiddlewareDecision::Respond(HttpReply {
+        status,
+        headers,
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    })
+}
+
 /// The one place where error codes become HTTP statuses.
 pub fn http_status(code: &str) -> u16 {
     match code {
         codes::FUNCTION_NOT_FOUND | codes::OVERLOADED => 503,
-        codes::INVOCATION_TIMEOUT => 504,
+        codes::INVOCATION_TIMEOUT | "MIDDLEWARE_TIMEOUT" => 504,
         "NOT_FOUND" => 404,
         "METHOD_NOT_ALLOWED" => 405,
         "INVALID_JSON" => 400,
@@ -608,6 +678,37 @@ mod tests {
                 .status,
             504
         );
+    }
+
+    #[test]
+    fn middleware_contract() {
+        assert_eq!(middleware_decision(None), MiddlewareDecision::Continue);
+        assert_eq!(
+            middleware_decision(Some(json!({"action": "continue"}))),
+            MiddlewareDecision::Continue
+        );
+        match middleware_decision(Some(json!({"action": "respond",
+            "response": {"status_code": 401, "body": "no", "headers": {"X-Y": "1", "bad": 2}}})))
+        {
+            MiddlewareDecision::Respond(r) => {
+                assert_eq!(r.status, 401);
+                assert_eq!(r.body, b"\"no\"");
+                assert!(r.headers.contains(&("x-y".into(), "1".into())));
+                assert!(!r.headers.iter().any(|(k, _)| k == "bad"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let req = request_object(
+            "/a",
+            "GET",
+            Map::new(),
+            Map::new(),
+            Map::new(),
+            json!({"x": 1}),
+        );
+        let input = middleware_input(&req);
+        assert_eq!(input["phase"], "preHandler");
+        assert!(input["request"].get("body").is_none());
     }
 
     #[test]

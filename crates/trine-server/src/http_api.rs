@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 use trine_engine::channels::{ChannelEnd, ChannelFrame, ChannelHub, Direction};
 use trine_engine::http::{
-    error_reply, is_json_content_type, map_result, parse_query, request_object, HttpReply,
-    RouteMatch,
+    error_reply, is_json_content_type, map_result, middleware_decision, middleware_input,
+    parse_query, request_object, HttpReply, MiddlewareDecision, RouteMatch,
 };
 use trine_engine::{Call, Caller, Engine};
 use trine_protocol::ErrorBody;
@@ -155,6 +155,10 @@ async fn serve(st: &HttpState, req: Request) -> Outcome {
         body_value,
     );
 
+    if let Some(reply) = run_middleware(st, &st.settings.middleware, &input).await {
+        return Outcome::Reply(reply);
+    }
+
     if let Some(cond) = &binding.condition_function_id {
         match st
             .engine
@@ -167,6 +171,10 @@ async fn serve(st: &HttpState, req: Request) -> Outcome {
             Ok(_) => {}
             Err(e) => return Outcome::Reply(logged_error(&binding.function_id, e)),
         }
+    }
+
+    if let Some(reply) = run_middleware(st, &binding.middleware, &input).await {
+        return Outcome::Reply(reply);
     }
 
     // Channels for the raw request body (engine writes) and a streamed response (engine reads).
@@ -192,6 +200,30 @@ async fn serve(st: &HttpState, req: Request) -> Outcome {
     hub.remove(&req_ch.id);
     hub.remove(&resp_ch.id);
     outcome
+}
+
+/// Runs middleware functions in order; the first `respond` (or failure) ends the request.
+async fn run_middleware(st: &HttpState, ids: &[String], request: &Value) -> Option<HttpReply> {
+    if ids.is_empty() {
+        return None;
+    }
+    let input = middleware_input(request);
+    for id in ids {
+        let mut call = Call::new(id.clone(), input.clone(), Caller::Http);
+        call.timeout = Some(st.settings.default_timeout);
+        match st.engine.invoke(call).await {
+            Ok(result) => {
+                if let MiddlewareDecision::Respond(reply) = middleware_decision(result) {
+                    return Some(reply);
+                }
+            }
+            Err(e) if e.code == trine_protocol::codes::INVOCATION_TIMEOUT => {
+                return Some(code_error("MIDDLEWARE_TIMEOUT", "Middleware timeout"));
+            }
+            Err(e) => return Some(logged_error(id, e)),
+        }
+    }
+    None
 }
 
 /// What a request produced: a buffered reply, or a streamed one whose body keeps flowing from

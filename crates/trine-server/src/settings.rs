@@ -35,6 +35,8 @@ pub struct HttpSettings {
     /// How long a handler that returned `null` may take to start streaming on its response
     /// channel before the answer is 200 `null` (http.md H2).
     pub null_result_grace: Duration,
+    /// Global `preHandler` middleware function ids, in ascending priority order.
+    pub middleware: Vec<String>,
     /// Serve `/a/` with the route of `/a` when no route ends in a slash.
     pub ignore_trailing_slash: bool,
 }
@@ -82,6 +84,7 @@ impl Default for ServerSettings {
                 cors: None,
                 ignore_trailing_slash: false,
                 null_result_grace: Duration::from_millis(500),
+                middleware: Vec::new(),
             },
             stream: StreamSettings {
                 enabled: true,

@@ -61,9 +61,13 @@ fn apply_file(settings: &mut ServerSettings, file: &FileConfig) {
             });
             s.ignore_trailing_slash = h.ignore_trailing_slash;
             s.null_result_grace = Duration::from_millis(h.null_result_grace_ms);
-            if !h.middleware.is_empty() {
-                tracing::warn!(count = h.middleware.len(), "iii-http `middleware` is not supported yet; requests go straight to their handlers");
-            }
+            let mut mw: Vec<_> = h
+                .middleware
+                .iter()
+                .filter(|m| m.phase == "preHandler")
+                .collect();
+            mw.sort_by_key(|m| m.priority);
+            s.middleware = mw.into_iter().map(|m| m.function_id.clone()).collect();
         }
     }
     match &file.stream {
