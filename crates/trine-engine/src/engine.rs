@@ -46,6 +46,14 @@ pub struct EngineConfig {
     pub outbound_queue_frames: usize,
     /// Log records kept in memory (oldest dropped first, and counted).
     pub log_capacity: usize,
+    /// Interval of WebSocket pings to workers (every WS library answers them, even SDKs that
+    /// never ping themselves).
+    pub worker_ping_interval: Duration,
+    /// A worker from which nothing (not even a pong) arrived for this long is disconnected.
+    pub worker_idle_timeout: Duration,
+    /// When a registration conflicts with a live owner, the owner is pinged; if it does not
+    /// answer within this time it is treated as dead and the newcomer takes over.
+    pub conflict_probe_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +64,9 @@ impl Default for EngineConfig {
             max_outstanding_per_caller: 4096,
             outbound_queue_frames: 8192,
             log_capacity: 10_000,
+            worker_ping_interval: Duration::from_secs(20),
+            worker_idle_timeout: Duration::from_secs(60),
+            conflict_probe_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -279,10 +290,12 @@ impl Engine {
                 match outcome {
                     RegisterOutcome::Owner => {}
                     RegisterOutcome::Standby { owner } => {
-                        tracing::warn!(function_id = %f.id, owner = %owner, worker = %conn.name(),
+                        let owner_name = owner.name();
+                        tracing::warn!(function_id = %f.id, owner = %owner_name, worker = %conn.name(),
                             "function id is owned by another live worker; this registration waits as a standby");
                         self.send_error_frame(conn, ErrorBody::new(codes::FUNCTION_ID_CONFLICT,
-                            format!("function `{}` is owned by live worker `{owner}`; this registration takes over when that worker disconnects", f.id)));
+                            format!("function `{}` is owned by live worker `{owner_name}`; this registration takes over when that worker disconnects", f.id)));
+                        self.probe_owner(owner);
                     }
                     RegisterOutcome::Refused => {
                         tracing::warn!(function_id = %f.id, "a worker tried to register a built-in function id");
@@ -369,6 +382,24 @@ impl Engine {
                 tracing::debug!(worker_id = %conn.id, "engine-bound frame of an engine-only type ignored");
             }
         }
+    }
+
+    /// Pings a function owner whose id another worker just registered. A reconnecting worker
+    /// whose old socket is half-open (no FIN ever arrived) is the usual cause: if the owner does
+    /// not answer within `conflict_probe_timeout`, it is dead and is disconnected, so the standby
+    /// takes over instead of waiting for TCP to notice.
+    fn probe_owner(&self, owner: Arc<WorkerConn>) {
+        let engine = self.clone();
+        let wait = self.inner.config.conflict_probe_timeout;
+        self.inner.tasks.spawn(async move {
+            let before = owner.frames_seen();
+            owner.request_ping();
+            tokio::time::sleep(wait).await;
+            if !owner.is_closed() && owner.frames_seen() == before {
+                tracing::warn!(worker_id = %owner.id, worker = %owner.name(), "function owner did not answer a ping; disconnecting it");
+                engine.disconnect_worker(&owner);
+            }
+        });
     }
 
     fn reattach(&self, conn: &Arc<WorkerConn>, previous: String, token: Option<String>) {

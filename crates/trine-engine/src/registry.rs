@@ -119,12 +119,12 @@ pub struct Registry {
 }
 
 /// Outcome of a function registration.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RegisterOutcome {
     Owner,
     /// Another live worker owns the id; this registration waits as a standby.
     Standby {
-        owner: String,
+        owner: Arc<WorkerConn>,
     },
     /// The id belongs to a built-in function.
     Refused,
@@ -197,10 +197,10 @@ impl Registry {
                     RegisterOutcome::Owner
                 }
                 Handler::Worker(owner) => {
-                    let owner_name = owner.name();
+                    let owner = owner.clone();
                     entry.standbys.retain(|(c, _)| c.id != conn.id);
                     entry.standbys.push((conn.clone(), info));
-                    RegisterOutcome::Standby { owner: owner_name }
+                    RegisterOutcome::Standby { owner }
                 }
             },
         }

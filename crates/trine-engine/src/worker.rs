@@ -2,12 +2,12 @@
 //! itself. The socket itself lives in `trine-server`; the engine only sees this handle.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use trine_protocol::{codes, ErrorBody, Message};
 
@@ -47,6 +47,12 @@ pub struct WorkerConn {
     /// (SDK 0.9.0's telemetry socket on `/` does neither, protocol.md §12.1).
     active: AtomicBool,
     closed: AtomicBool,
+    /// When any frame (including a WebSocket pong) last arrived from this worker.
+    last_seen_ms: AtomicU64,
+    /// Count of inbound frames: a probe compares it before and after waiting.
+    frames_seen: AtomicU64,
+    /// Asks the connection's write loop to send a WebSocket ping now.
+    ping_now: Notify,
     /// Cancelled when the connection must go away (reattach eviction, shutdown).
     pub cancel: CancellationToken,
 }
@@ -78,6 +84,9 @@ impl WorkerConn {
             info: Mutex::new(WorkerInfo::default()),
             active: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            last_seen_ms: AtomicU64::new(now_ms()),
+            frames_seen: AtomicU64::new(0),
+            ping_now: Notify::new(),
             cancel,
         }
     }
@@ -102,6 +111,31 @@ impl WorkerConn {
             .send(msg.to_json())
             .await
             .map_err(|_| SendError::Closed)
+    }
+
+    /// Records that something arrived from the worker (liveness).
+    pub fn touch(&self) {
+        self.last_seen_ms.store(now_ms(), Ordering::Release);
+        self.frames_seen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Number of frames received so far.
+    pub fn frames_seen(&self) -> u64 {
+        self.frames_seen.load(Ordering::Acquire)
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Acquire)
+    }
+
+    /// Asks the write loop to ping the worker now; any answer shows up in [`Self::last_seen_ms`].
+    pub fn request_ping(&self) {
+        self.ping_now.notify_one();
+    }
+
+    /// Resolves when [`Self::request_ping`] was called.
+    pub async fn ping_requested(&self) {
+        self.ping_now.notified().await
     }
 
     pub fn is_closed(&self) -> bool {

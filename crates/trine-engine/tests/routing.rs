@@ -509,3 +509,44 @@ async fn workers_list_hides_telemetry_only_connections() {
     assert_eq!(workers[0]["runtime"], "node");
     assert_eq!(workers[0]["version"], "0.9.0");
 }
+
+#[tokio::test]
+async fn silent_owner_is_probed_and_replaced_by_the_standby() {
+    // A half-open old connection (the worker reconnected, but no FIN reached the engine).
+    let e = Engine::new(EngineConfig {
+        conflict_probe_timeout: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let dead = FakeWorker::connect(&e);
+    dead.register(&e, "svc::f").await;
+    let mut fresh = FakeWorker::connect(&e);
+    fresh.register(&e, "svc::f").await;
+    assert!(matches!(fresh.next().await, Message::Error(_)));
+    // The dead owner never answers the probe ping: it is disconnected and the standby serves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(dead.conn.is_closed());
+    let e2 = e.clone();
+    let call = tokio::spawn(async move {
+        e2.invoke(Call::new("svc::f", json!(1), Caller::Engine))
+            .await
+    });
+    fresh.serve_one(&e, |_| json!("fresh")).await;
+    assert_eq!(call.await.unwrap().unwrap(), Some(json!("fresh")));
+}
+
+#[tokio::test]
+async fn live_owner_answering_the_probe_keeps_its_function() {
+    let e = Engine::new(EngineConfig {
+        conflict_probe_timeout: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let owner = FakeWorker::connect(&e);
+    owner.register(&e, "svc::g").await;
+    let other = FakeWorker::connect(&e);
+    other.register(&e, "svc::g").await;
+    // The owner's socket answers the ping (the read loop records any inbound frame).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    owner.conn.touch();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!owner.conn.is_closed());
+}

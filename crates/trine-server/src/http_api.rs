@@ -195,7 +195,12 @@ async fn serve(st: &HttpState, req: Request) -> Outcome {
     };
     let mut call = Call::new(binding.function_id.clone(), input, Caller::Http);
     call.metadata = binding.metadata.clone();
-    call.timeout = Some(st.settings.default_timeout);
+    // The tighter of the request deadline and the engine-wide call deadline.
+    call.timeout = Some(
+        st.settings
+            .default_timeout
+            .min(st.engine.config().invocation_timeout),
+    );
     let outcome = run_handler(st, &binding.function_id, call, &resp_ch, resp_rx).await;
     hub.remove(&req_ch.id);
     hub.remove(&resp_ch.id);

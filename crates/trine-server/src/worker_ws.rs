@@ -69,10 +69,31 @@ async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
     let conn = engine.connect_worker(tx, Some(addr.ip().to_string()));
     tracing::debug!(worker_id = %conn.id, %addr, "worker connection opened");
 
+    let ping_every = engine.config().worker_ping_interval;
+    let idle_limit = engine.config().worker_idle_timeout.as_millis() as u64;
+    let wconn = conn.clone();
     let writer = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(ping_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
         loop {
             tokio::select! {
                 biased;
+                _ = wconn.ping_requested() => {
+                    if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if trine_engine::worker::now_ms().saturating_sub(wconn.last_seen_ms()) > idle_limit {
+                        tracing::warn!(worker_id = %wconn.id, "no frame from the worker within the idle timeout; closing");
+                        wconn.cancel.cancel();
+                        break;
+                    }
+                    if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
                 frame = rx.recv() => match frame {
                     Some(text) => {
                         if sink.send(WsMessage::Text(text.into())).await.is_err() {
@@ -100,6 +121,7 @@ async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
             _ = conn.cancel.cancelled() => break,
             f = stream.next() => f,
         };
+        conn.touch();
         match frame {
             None => break,
             Some(Ok(WsMessage::Text(text))) => handle_text(&engine, &conn, text.as_str()).await,
@@ -128,6 +150,7 @@ async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
                 if let Some(tx) = close_tx.take() {
                     let _ = tx.send((code, reason));
                 }
+                drain(&mut stream).await;
                 break;
             }
         }
@@ -143,6 +166,18 @@ async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
         abort.abort();
     }
     tracing::debug!(worker_id = %conn.id, "worker connection closed");
+}
+
+/// Reads and discards what the peer still sends (bounded in time), so that closing the socket
+/// with unread input does not turn the close frame into a TCP reset.
+async fn drain(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    for _ in 0..100_000 {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(_)) => continue,
+            _ => break,
+        }
+    }
 }
 
 fn classify_ws_error(e: &axum::Error) -> (u16, String) {

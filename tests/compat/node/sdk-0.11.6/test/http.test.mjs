@@ -1,0 +1,4 @@
+import * as adapter from '../adapter.mjs';
+import { httpSuite } from '../../lib/suites/http.mjs';
+
+httpSuite(adapter);

@@ -1,0 +1,4 @@
+import * as adapter from '../adapter.mjs';
+import { invokeSuite } from '../../lib/suites/invoke.mjs';
+
+invokeSuite(adapter);

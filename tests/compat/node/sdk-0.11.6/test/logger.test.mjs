@@ -1,0 +1,4 @@
+import * as adapter from '../adapter.mjs';
+import { loggerSuite } from '../../lib/suites/logger.mjs';
+
+loggerSuite(adapter);
