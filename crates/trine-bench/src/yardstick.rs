@@ -1,0 +1,116 @@
+//! The reference points measured in the same run: a bare axum hello-world server (in-process) and
+//! `redis-benchmark` against the local Redis.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// The body both the trine route and the axum route return.
+pub fn hello_body() -> serde_json::Value {
+    json!({"hello": "world"})
+}
+
+async fn hello() -> impl IntoResponse {
+    // Serialized per request, as an engine has to; the `json` feature of axum is not enabled in
+    // this workspace, so the content type is set by hand (same bytes as `axum::Json`).
+    let body = serde_json::to_vec(&hello_body()).unwrap_or_default();
+    ([(CONTENT_TYPE, "application/json")], body)
+}
+
+/// Starts axum on 127.0.0.1 (ephemeral port, TCP_NODELAY) on the current runtime.
+pub async fn start_axum() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = Router::new().route("/hello", get(hello));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("axum yardstick stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// One `redis-benchmark -t get` run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisRun {
+    pub requests: u64,
+    pub per_second: f64,
+    pub p50_ms: Option<f64>,
+}
+
+/// Runs `redis-benchmark -h 127.0.0.1 -p 6379 -t get -c <c> -n <n> -q` (blocking).
+/// `Err` explains why there is no figure (not installed, no server, unparsable output).
+pub fn redis_benchmark(concurrency: usize, requests: u64) -> Result<RedisRun, String> {
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", "6379", "-t", "get", "-q"])
+        .args(["-c", &concurrency.to_string(), "-n", &requests.to_string()])
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "redis-benchmark is not installed".to_owned(),
+            _ => format!("cannot run redis-benchmark: {e}"),
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_quiet_output(&text)
+        .map(|(per_second, p50_ms)| RedisRun {
+            requests,
+            per_second,
+            p50_ms,
+        })
+        .ok_or_else(|| {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            format!(
+                "no result from redis-benchmark (is Redis running on 127.0.0.1:6379?): {} {}",
+                text.trim(),
+                stderr.trim()
+            )
+        })
+}
+
+/// Parses `GET: 30303.03 requests per second, p50=0.031 msec` (progress lines end with `\r`).
+fn parse_quiet_output(text: &str) -> Option<(f64, Option<f64>)> {
+    let line = text
+        .split(['\r', '\n'])
+        .rfind(|l| l.contains("requests per second"))?;
+    let rps = line
+        .split_once(':')?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let p50 = line
+        .split_once("p50=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    Some((rps, p50))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_quiet_output() {
+        let out = "\rGET: rps=0.0 (overall: 0.0) avg_msec=-nan (overall: -nan)\r   \rGET: 30303.03 requests per second, p50=0.031 msec\n\n";
+        assert_eq!(parse_quiet_output(out), Some((30303.03, Some(0.031))));
+        // Older versions print no percentile.
+        assert_eq!(
+            parse_quiet_output("GET: 1000.00 requests per second\n"),
+            Some((1000.0, None))
+        );
+        assert_eq!(
+            parse_quiet_output("Could not connect to Redis at 127.0.0.1:6379"),
+            None
+        );
+    }
+}
