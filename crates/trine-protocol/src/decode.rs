@@ -32,10 +32,44 @@ pub fn decode_worker_frame(text: &str) -> Result<Option<Message>, DecodeError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    match serde_json::from_str::<Message>(text) {
-        Ok(m) => Ok(Some(m)),
-        Err(first) => Err(explain(text, first)),
+    // Read the tag first, then decode the matching struct directly: an internally tagged enum
+    // would first buffer the whole frame (payload included) into an intermediate tree.
+    let ty = match serde_json::from_str::<Tag>(text) {
+        Ok(t) => t.ty,
+        Err(e) => return Err(explain(text, e)),
+    };
+    fn body<'a, T: serde::Deserialize<'a>>(
+        text: &'a str,
+        wrap: fn(T) -> Message,
+    ) -> Result<Message, serde_json::Error> {
+        serde_json::from_str::<T>(text).map(wrap)
     }
+    let decoded = match ty.as_ref() {
+        "invokefunction" => body(text, Message::InvokeFunction),
+        "invocationresult" => body(text, Message::InvocationResult),
+        "registerfunction" => body(text, Message::RegisterFunction),
+        "unregisterfunction" => body(text, Message::UnregisterFunction),
+        "registertrigger" => body(text, Message::RegisterTrigger),
+        "unregistertrigger" => body(text, Message::UnregisterTrigger),
+        "triggerregistrationresult" => body(text, Message::TriggerRegistrationResult),
+        "registertriggertype" => body(text, Message::RegisterTriggerType),
+        "unregistertriggertype" => body(text, Message::UnregisterTriggerType),
+        "registerservice" => body(text, Message::RegisterService),
+        "workerregistered" => body(text, Message::WorkerRegistered),
+        "reattach" => body(text, Message::Reattach),
+        "error" => body(text, Message::Error),
+        "ping" => Ok(Message::Ping),
+        "pong" => Ok(Message::Pong),
+        _ => serde_json::from_str::<Message>(text),
+    };
+    decoded.map(Some).map_err(|e| explain(text, e))
+}
+
+/// Just the discriminator of a frame; every other field is skipped without being built.
+#[derive(serde::Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
 }
 
 fn explain(text: &str, first: serde_json::Error) -> DecodeError {

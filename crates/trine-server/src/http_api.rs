@@ -184,15 +184,12 @@ async fn serve(st: &HttpState, req: Request) -> Outcome {
     let mut input = input;
     input["request_body"] = req_ch.reference("read");
     input["response"] = resp_ch.reference("write");
-    if let Some(ChannelEnd::Writer(tx)) = ChannelHub::take_end(&req_ch, Direction::Write) {
-        if !bytes.is_empty() {
-            // One frame always fits: a fresh channel buffers at least one.
-            let _ = tx.try_send(ChannelFrame::Binary(bytes.to_vec()));
-        }
+    if bytes.is_empty() {
+        ChannelHub::close_writer(&req_ch);
+    } else if let Some(ChannelEnd::Writer(tx)) = ChannelHub::take_end(&req_ch, Direction::Write) {
+        // One frame always fits: a fresh channel buffers at least one.
+        let _ = tx.try_send(ChannelFrame::Binary(bytes.to_vec()));
     }
-    let Some(ChannelEnd::Reader(resp_rx)) = ChannelHub::take_end(&resp_ch, Direction::Read) else {
-        return Outcome::Reply(code_error("INTERNAL_ERROR", "internal server error"));
-    };
     let mut call = Call::new(binding.function_id.clone(), input, Caller::Http);
     call.metadata = binding.metadata.clone();
     // The tighter of the request deadline and the engine-wide call deadline.
@@ -201,7 +198,7 @@ async fn serve(st: &HttpState, req: Request) -> Outcome {
             .default_timeout
             .min(st.engine.config().invocation_timeout),
     );
-    let outcome = run_handler(st, &binding.function_id, call, &resp_ch, resp_rx).await;
+    let outcome = run_handler(st, &binding.function_id, call, &resp_ch).await;
     hub.remove(&req_ch.id);
     hub.remove(&resp_ch.id);
     outcome
@@ -251,9 +248,15 @@ async fn run_handler(
     function_id: &str,
     call: Call,
     resp_ch: &trine_engine::channels::Channel,
-    mut rx: mpsc::Receiver<ChannelFrame>,
 ) -> Outcome {
-    let attached = resp_ch.writer_attached();
+    let mut attached = resp_ch.writer_attached();
+    // The response channel's reader is taken only once a writer attaches (no queue otherwise).
+    let mut rx: Option<mpsc::Receiver<ChannelFrame>> = None;
+    if *attached.borrow_and_update() {
+        if let Some(ChannelEnd::Reader(r)) = ChannelHub::take_end(resp_ch, Direction::Read) {
+            rx = Some(r);
+        }
+    }
     let invoke = st.engine.invoke(call);
     tokio::pin!(invoke);
     let mut status = 200u16;
@@ -274,10 +277,22 @@ async fn run_handler(
                     grace = Some(tokio::time::Instant::now() + st.settings.null_result_grace);
                 }
             },
-            frame = rx.recv(), if !writer_closed => match frame {
+            changed = attached.changed(), if rx.is_none() && !writer_closed => {
+                if changed.is_err() {
+                    writer_closed = true;
+                } else if *attached.borrow_and_update() {
+                    match ChannelHub::take_end(resp_ch, Direction::Read) {
+                        Some(ChannelEnd::Reader(r)) => rx = Some(r),
+                        _ => writer_closed = true,
+                    }
+                }
+            },
+            frame = recv_opt(&mut rx), if rx.is_some() && !writer_closed => match frame {
                 Some(ChannelFrame::Text(t)) => apply_control(&t, &mut status, &mut headers),
                 Some(ChannelFrame::Binary(first)) => {
-                    return Outcome::Stream { status, headers, first, rest: rx };
+                    if let Some(rest) = rx.take() {
+                        return Outcome::Stream { status, headers, first, rest };
+                    }
                 }
                 None => {
                     if handler_done {
@@ -294,6 +309,13 @@ async fn run_handler(
                 }
             }
         }
+    }
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<ChannelFrame>>) -> Option<ChannelFrame> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
     }
 }
 

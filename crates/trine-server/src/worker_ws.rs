@@ -22,6 +22,8 @@ use trine_protocol::{
 /// Close codes used when a connection must be dropped (RFC 6455).
 const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 const CLOSE_TOO_BIG: u16 = 1009;
+/// Frames written per flush at most (bounds the latency a large backlog adds to a frame).
+const WRITE_BATCH: usize = 64;
 
 #[derive(Clone)]
 struct WsState {
@@ -96,7 +98,22 @@ async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
                 }
                 frame = rx.recv() => match frame {
                     Some(text) => {
-                        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+                        // Queue everything already waiting, then flush once: under load many
+                        // frames leave in one write instead of one syscall each.
+                        if sink.feed(WsMessage::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                        for _ in 0..WRITE_BATCH {
+                            match rx.try_recv() {
+                                Ok(more) => {
+                                    if sink.feed(WsMessage::Text(more.into())).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if sink.flush().await.is_err() {
                             return;
                         }
                     }
