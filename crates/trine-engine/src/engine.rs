@@ -707,18 +707,11 @@ async fn reply(
     function_id: String,
     outcome: CallOutcome,
 ) {
-    let (result, error) = match outcome {
-        Ok(r) => (r.filter(|v| !v.is_null()), None),
-        Err(e) => (None, Some(e)),
-    };
-    let msg = Message::InvocationResult(InvocationResult {
+    let msg = Message::InvocationResult(InvocationResult::from_outcome(
         invocation_id,
         function_id,
-        result,
-        error,
-        traceparent: None,
-        baggage: None,
-    });
+        outcome,
+    ));
     // Waiting here applies back-pressure to this caller only; it fails once the caller is gone.
     let _ = conn.send(&msg).await;
 }

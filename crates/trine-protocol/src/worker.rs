@@ -114,6 +114,29 @@ pub struct InvocationResult {
     pub baggage: Option<String>,
 }
 
+impl InvocationResult {
+    /// The answer to a call: `Ok(None)` and `Ok(Some(null))` both mean "no result" and omit
+    /// `result` (what every SDK expects); an error carries its body.
+    pub fn from_outcome(
+        invocation_id: String,
+        function_id: String,
+        outcome: Result<Option<Value>, ErrorBody>,
+    ) -> Self {
+        let (result, error) = match outcome {
+            Ok(r) => (r.filter(|v| !v.is_null()), None),
+            Err(e) => (None, Some(e)),
+        };
+        Self {
+            invocation_id,
+            function_id,
+            result,
+            error,
+            traceparent: None,
+            baggage: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterTrigger {
     pub id: String,
@@ -218,6 +241,17 @@ mod tests {
             serde_json::to_value(&m).unwrap(),
             json!({"type":"invocationresult","invocation_id":"i","function_id":"f"})
         );
+    }
+
+    #[test]
+    fn null_results_are_omitted() {
+        let r = InvocationResult::from_outcome("i".into(), "f".into(), Ok(Some(Value::Null)));
+        assert_eq!(r.result, None);
+        let r = InvocationResult::from_outcome("i".into(), "f".into(), Ok(Some(json!(1))));
+        assert_eq!(r.result, Some(json!(1)));
+        let r =
+            InvocationResult::from_outcome("i".into(), "f".into(), Err(ErrorBody::new("c", "m")));
+        assert_eq!(r.error.unwrap().code, "c");
     }
 
     #[test]

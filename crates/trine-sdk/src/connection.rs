@@ -397,19 +397,11 @@ pub(crate) fn result_frame(
     function_id: String,
     outcome: Result<Value, ErrorBody>,
 ) -> Message {
-    let (result, error) = match outcome {
-        Ok(Value::Null) => (None, None),
-        Ok(value) => (Some(value), None),
-        Err(body) => (None, Some(body)),
-    };
-    Message::InvocationResult(InvocationResult {
+    Message::InvocationResult(InvocationResult::from_outcome(
         invocation_id,
         function_id,
-        result,
-        error,
-        traceparent: None,
-        baggage: None,
-    })
+        outcome.map(Some),
+    ))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

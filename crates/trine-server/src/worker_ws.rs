@@ -46,13 +46,20 @@ pub fn router(engine: Engine, max_message_bytes: usize) -> Router {
         })
 }
 
+/// What the WebSocket layer itself accepts. The configured limit is enforced after a message
+/// is read, so an oversized message gets a clean close 1009; only a message beyond this hard cap
+/// is cut off mid-read (the peer may then see a reset instead of the close frame).
+fn hard_cap(limit: usize) -> usize {
+    limit.saturating_add(16 * 1024 * 1024)
+}
+
 async fn worker_upgrade(
     ws: WebSocketUpgrade,
     State(st): State<WsState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
 ) -> Response {
-    ws.max_message_size(st.max_message_bytes)
-        .max_frame_size(st.max_message_bytes)
+    ws.max_message_size(hard_cap(st.max_message_bytes))
+        .max_frame_size(hard_cap(st.max_message_bytes))
         .on_upgrade(move |socket| worker_socket(socket, st, addr))
 }
 
@@ -65,6 +72,7 @@ async fn otel_upgrade(ws: WebSocketUpgrade, State(st): State<WsState>) -> Respon
 
 async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
     let engine = st.engine;
+    let limit = st.max_message_bytes;
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(st.queue_frames);
     let (close_tx, mut close_rx) = oneshot::channel::<(u16, String)>();
@@ -139,6 +147,21 @@ async fn worker_socket(socket: WebSocket, st: WsState, addr: SocketAddr) {
             f = stream.next() => f,
         };
         conn.touch();
+        let size = match &frame {
+            Some(Ok(WsMessage::Text(t))) => t.len(),
+            Some(Ok(WsMessage::Binary(b))) => b.len(),
+            _ => 0,
+        };
+        if size > limit {
+            tracing::warn!(worker_id = %conn.id, size, limit, "message over the size limit; closing the connection");
+            if let Some(tx) = close_tx.take() {
+                let _ = tx.send((
+                    CLOSE_TOO_BIG,
+                    format!("message_too_large: {size} bytes exceeds the limit of {limit}"),
+                ));
+            }
+            break;
+        }
         match frame {
             None => break,
             Some(Ok(WsMessage::Text(text))) => handle_text(&engine, &conn, text.as_str()).await,
@@ -230,14 +253,11 @@ async fn handle_text(engine: &Engine, conn: &Arc<WorkerConn>, text: &str) {
                 // The caller of a malformed call is answered, so it does not wait for a timeout.
                 Some(id) => {
                     let _ = conn
-                        .send(&Message::InvocationResult(InvocationResult {
-                            invocation_id: id,
-                            function_id: e.function_id.clone().unwrap_or_default(),
-                            result: None,
-                            error: Some(e.to_error_body()),
-                            traceparent: None,
-                            baggage: None,
-                        }))
+                        .send(&Message::InvocationResult(InvocationResult::from_outcome(
+                            id,
+                            e.function_id.clone().unwrap_or_default(),
+                            Err(e.to_error_body()),
+                        )))
                         .await;
                 }
                 None => send_error(conn, e.to_error_body()),
