@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// Log records kept in memory for `trine logs` [default: 10000].
     #[arg(long, env = "TRINE_LOG_CAPACITY")]
     pub log_capacity: Option<usize>,
+    /// Async worker threads [default: one per CPU core]. One thread gives the lowest latency at
+    /// low concurrency (no cross-thread wake-ups); more threads give more throughput when the
+    /// engine has cores to itself. See BENCHMARKS.md.
+    #[arg(long, env = "TRINE_THREADS")]
+    pub threads: Option<usize>,
     /// Console log format.
     #[arg(long, env = "TRINE_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
