@@ -332,41 +332,140 @@ pub struct TraceOrigin {
     pub worker_name: String,
 }
 
-/// Bounded map trace id → the function and worker of the latest call dispatched in that trace.
+/// Trace id → the function and worker of the latest call dispatched in that trace, bounded.
+///
+/// Calls the engine starts get a trace id it generates: a per-engine random prefix followed by a
+/// call sequence number, so recording one is a slot write in a fixed ring (no hashing, no key
+/// allocation) — this runs on every call. Trace ids started by workers ("foreign") go to a
+/// small bounded map instead. Latest call wins in both, as a log is usually written by the
+/// innermost handler of its trace.
 pub struct TraceIndex {
+    prefix: u64,
+    next_seq: u64,
+    ring: Vec<Option<RingSlot>>,
     capacity: usize,
-    map: HashMap<String, TraceOrigin>,
+    foreign: HashMap<String, Origin>,
     order: VecDeque<String>,
+}
+
+struct RingSlot {
+    seq: u64,
+    origin: Origin,
+}
+
+#[derive(Clone)]
+struct Origin {
+    function_id: String,
+    worker_id: ConnId,
+    // Weak: a disconnected worker's resources are not kept alive by attribution data.
+    worker: std::sync::Weak<WorkerConn>,
+}
+
+impl Origin {
+    fn resolve(&self) -> TraceOrigin {
+        TraceOrigin {
+            function_id: self.function_id.clone(),
+            worker_id: self.worker_id.clone(),
+            worker_name: self
+                .worker
+                .upgrade()
+                .map(|w| w.name())
+                .unwrap_or_else(|| self.worker_id.to_string()),
+        }
+    }
 }
 
 impl TraceIndex {
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let mut prefix = uuid::Uuid::new_v4().as_u64_pair().0;
+        if prefix == 0 {
+            prefix = 1; // an all-zero trace id is invalid in W3C trace context
+        }
         Self {
+            prefix,
+            next_seq: 0,
+            ring: (0..capacity).map(|_| None).collect(),
             capacity,
-            map: HashMap::new(),
+            foreign: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    pub fn record(&mut self, trace_id: &str, function_id: &str, worker: &Arc<WorkerConn>) {
-        let origin = TraceOrigin {
+    /// Starts a trace for a call the engine dispatches and records who handles it. Returns the
+    /// `traceparent` to send.
+    pub fn start(&mut self, function_id: &str, worker: &Arc<WorkerConn>) -> String {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let span = uuid::Uuid::new_v4().as_u64_pair().1 | 1;
+        self.put(seq, function_id, worker);
+        format!("00-{:016x}{:016x}-{:016x}-01", self.prefix, seq, span)
+    }
+
+    /// Records a call dispatched within an existing trace (the caller's `traceparent`).
+    pub fn record(&mut self, traceparent: &str, function_id: &str, worker: &Arc<WorkerConn>) {
+        let Some(trace_id) = trace_id_of(traceparent) else {
+            return;
+        };
+        if let Some(seq) = self.own_seq(trace_id) {
+            self.put(seq, function_id, worker);
+            return;
+        }
+        let origin = Origin {
             function_id: function_id.to_owned(),
             worker_id: worker.id.clone(),
-            worker_name: worker.name(),
+            worker: Arc::downgrade(worker),
         };
-        if self.map.insert(trace_id.to_owned(), origin).is_none() {
+        if self.foreign.insert(trace_id.to_owned(), origin).is_none() {
             self.order.push_back(trace_id.to_owned());
             if self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
-                    self.map.remove(&old);
+                    self.foreign.remove(&old);
                 }
             }
         }
     }
 
     pub fn lookup(&self, trace_id: &str) -> Option<TraceOrigin> {
-        self.map.get(trace_id).cloned()
+        match self.own_seq(trace_id) {
+            Some(seq) => match &self.ring[(seq % self.capacity as u64) as usize] {
+                Some(slot) if slot.seq == seq => Some(slot.origin.resolve()),
+                _ => None,
+            },
+            None => self.foreign.get(trace_id).map(Origin::resolve),
+        }
     }
+
+    fn put(&mut self, seq: u64, function_id: &str, worker: &Arc<WorkerConn>) {
+        let idx = (seq % self.capacity as u64) as usize;
+        self.ring[idx] = Some(RingSlot {
+            seq,
+            origin: Origin {
+                function_id: function_id.to_owned(),
+                worker_id: worker.id.clone(),
+                worker: Arc::downgrade(worker),
+            },
+        });
+    }
+
+    /// The sequence number of a trace id this engine generated.
+    fn own_seq(&self, trace_id: &str) -> Option<u64> {
+        if trace_id.len() != 32 {
+            return None;
+        }
+        let prefix = u64::from_str_radix(&trace_id[..16], 16).ok()?;
+        if prefix != self.prefix {
+            return None;
+        }
+        u64::from_str_radix(&trace_id[16..], 16).ok()
+    }
+}
+
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let id = parts.next()?;
+    (id.len() == 32).then_some(id)
 }
 
 #[cfg(test)]
@@ -448,6 +547,34 @@ mod tests {
         assert_eq!(r.trace_id.as_deref(), Some("abc"));
         assert_eq!(r.service_name.as_deref(), Some("iii-node"));
         assert_eq!(r.time_unix_nano, 1_700_000_000_000_000_000);
+    }
+
+    #[test]
+    fn trace_index_attributes_own_and_foreign_traces() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let w = Arc::new(WorkerConn::new(
+            "w1".into(),
+            tx,
+            None,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let mut idx = TraceIndex::new(4);
+        let tp = idx.start("a::root", &w);
+        let trace_id = trace_id_of(&tp).unwrap().to_owned();
+        assert_eq!(idx.lookup(&trace_id).unwrap().function_id, "a::root");
+        // A nested call in the same trace: latest wins.
+        idx.record(&tp, "a::inner", &w);
+        assert_eq!(idx.lookup(&trace_id).unwrap().function_id, "a::inner");
+        // A trace started by a worker.
+        let foreign = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01";
+        idx.record(foreign, "b::x", &w);
+        let got = idx.lookup("0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!((got.function_id.as_str(), got.worker_name.as_str()), ("b::x", "w1"));
+        // The ring forgets old traces instead of misattributing them.
+        for _ in 0..4 {
+            idx.start("c::y", &w);
+        }
+        assert!(idx.lookup(&trace_id).is_none());
     }
 
     #[test]

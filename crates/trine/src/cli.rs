@@ -74,9 +74,9 @@ pub struct ServeArgs {
     /// Log records kept in memory for `trine logs` [default: 10000].
     #[arg(long, env = "TRINE_LOG_CAPACITY")]
     pub log_capacity: Option<usize>,
-    /// Async worker threads [default: one per CPU core]. One thread gives the lowest latency at
-    /// low concurrency (no cross-thread wake-ups); more threads give more throughput when the
-    /// engine has cores to itself. See BENCHMARKS.md.
+    /// Async worker threads [default: half the CPU cores, at least 1: workers usually share the
+    /// machine]. Fewer threads mean fewer cross-thread wake-ups per request; more threads give
+    /// more throughput when the engine has cores to itself. See BENCHMARKS.md.
     #[arg(long, env = "TRINE_THREADS")]
     pub threads: Option<usize>,
     /// Console log format.

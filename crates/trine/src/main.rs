@@ -13,14 +13,22 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Half the cores (at least one): workers usually run on the same machine as the engine and
+/// need the rest. Measured on 2 vCPUs: one engine thread beat two at every concurrency
+/// (BENCHMARKS.md). `--threads` overrides it for a dedicated engine host.
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let cli::Command::Serve(args) = &cli.command {
-        if let Some(n) = args.threads {
-            builder.worker_threads(n.max(1));
-        }
+        builder.worker_threads(args.threads.unwrap_or_else(default_threads).max(1));
     }
     let runtime = match builder.build() {
         Ok(rt) => rt,
