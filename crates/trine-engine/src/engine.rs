@@ -477,7 +477,10 @@ impl Engine {
                 // callee never stalls this connection.
                 let inline = call.function_id.starts_with("engine::")
                     && matches!(
-                        self.registry().functions.get(&call.function_id).map(|e| &e.handler),
+                        self.registry()
+                            .functions
+                            .get(&call.function_id)
+                            .map(|e| &e.handler),
                         Some(Handler::Builtin(_))
                     );
                 if inline {
@@ -745,5 +748,3 @@ fn timeout_error(function_id: &str, timeout: Duration) -> ErrorBody {
         ),
     )
 }
-
-

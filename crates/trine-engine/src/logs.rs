@@ -569,7 +569,10 @@ mod tests {
         let foreign = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01";
         idx.record(foreign, "b::x", &w);
         let got = idx.lookup("0123456789abcdef0123456789abcdef").unwrap();
-        assert_eq!((got.function_id.as_str(), got.worker_name.as_str()), ("b::x", "w1"));
+        assert_eq!(
+            (got.function_id.as_str(), got.worker_name.as_str()),
+            ("b::x", "w1")
+        );
         // The ring forgets old traces instead of misattributing them.
         for _ in 0..4 {
             idx.start("c::y", &w);
