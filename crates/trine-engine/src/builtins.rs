@@ -16,7 +16,7 @@ use crate::worker::{now_ms, CallOutcome, WorkerInfo};
 /// A function implemented inside the engine.
 pub type BuiltinFn = Arc<dyn Fn(Engine, Caller, Value) -> BoxFuture<CallOutcome> + Send + Sync>;
 
-fn builtin<F, Fut>(f: F) -> BuiltinFn
+pub(crate) fn builtin<F, Fut>(f: F) -> BuiltinFn
 where
     F: Fn(Engine, Caller, Value) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = CallOutcome> + Send + 'static,

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -124,6 +124,16 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep the engine alive (held by long-lived modules the engine owns).
+#[derive(Clone)]
+pub struct WeakEngine(Weak<Inner>);
+
+impl WeakEngine {
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 struct Inner {
     config: EngineConfig,
     registry: Mutex<Registry>,
@@ -134,6 +144,7 @@ struct Inner {
     functions_changed: Notify,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    state: OnceLock<Arc<crate::state::StateModule>>,
 }
 
 impl Engine {
@@ -150,6 +161,7 @@ impl Engine {
                 functions_changed: Notify::new(),
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
+                state: OnceLock::new(),
             }),
         };
         {
@@ -170,6 +182,34 @@ impl Engine {
         }
         engine.spawn_functions_watcher();
         engine
+    }
+
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
+    }
+
+    /// Opens the state module on `store` (recovering owed trigger deliveries) and registers the
+    /// `state::*` functions and the `state` trigger type. Call once, inside the runtime, before
+    /// workers connect.
+    pub fn enable_state(
+        &self,
+        store: Arc<dyn trine_store::Store>,
+        options: crate::state::StateOptions,
+    ) -> Result<(), trine_store::StoreError> {
+        if self.inner.state.get().is_some() {
+            return Err(trine_store::StoreError::Engine(
+                "the state module is already enabled".into(),
+            ));
+        }
+        let module = crate::state::install(self, store, options)?;
+        let _ = self.inner.state.set(module);
+        Ok(())
+    }
+
+    /// The state module, when enabled.
+    pub fn state(&self) -> Option<&Arc<crate::state::StateModule>> {
+        self.inner.state.get()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -210,6 +250,10 @@ impl Engine {
         }
         self.inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tasks.wait()).await;
+        // Writes already queued are committed and synced; owed deliveries stay in the outbox.
+        if let Some(state) = self.inner.state.get() {
+            state.stop().await;
+        }
     }
 
     // ----- connections -------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! - [`worker`]: one connected worker: bounded outbound queue, in-flight calls, metadata.
 //! - [`builtins`]: the `engine::*` functions (discovery, worker metadata, durable triggers, logs).
 //! - [`http`]: the `http` trigger type — route table, handler input, response mapping.
+//! - [`state`]: the `state::*` functions, the `state` trigger type and its durable delivery.
 //! - [`logs`]: the bounded log ring fed by SDK telemetry and `engine::log::*`.
 //! - [`channels`]: one-way frame pipes (HTTP request bodies, streamed responses, worker helpers).
 //!
@@ -19,7 +20,8 @@ pub mod engine;
 pub mod http;
 pub mod logs;
 pub mod registry;
+pub mod state;
 pub mod worker;
 
-pub use engine::{BoxFuture, Call, Caller, Engine, EngineConfig};
+pub use engine::{BoxFuture, Call, Caller, Engine, EngineConfig, WeakEngine};
 pub use worker::{CallOutcome, ConnId, WorkerConn};

@@ -80,6 +80,9 @@ const STATE_KEYS: &[&str] = &[
     "triggers_enabled",
     "max_value_bytes",
     "save_interval_ms",
+    // Trine's own keys: state trigger delivery retries.
+    "trigger_max_attempts",
+    "trigger_retry_ms",
 ];
 const STREAM_KEYS: &[&str] = &["port", "host", "auth_function", "adapter"];
 const WORKER_MANAGER_KEYS: &[&str] = &[
@@ -211,8 +214,13 @@ pub struct StateConfig {
     pub triggers_enabled: bool,
     /// Largest accepted value in bytes; `None` ⇒ no limit (a configured `0` means unset).
     pub max_value_bytes: Option<u64>,
-    /// Overrides the adapter's own save interval; validated to 100..=3 600 000.
+    /// Overrides the adapter's own save interval; validated to 100..=3 600 000. Accepted for
+    /// compatibility: Trine makes every write durable before acknowledging it.
     pub save_interval_ms: Option<u64>,
+    /// Trine: attempts per state trigger delivery before it is dead-lettered.
+    pub trigger_max_attempts: Option<u32>,
+    /// Trine: first retry delay of a failed state trigger delivery (doubles per attempt).
+    pub trigger_retry_ms: Option<u64>,
 }
 
 /// Name used by the design brief for the `iii-state` settings type.
@@ -225,6 +233,8 @@ impl Default for StateConfig {
             triggers_enabled: true,
             max_value_bytes: None,
             save_interval_ms: None,
+            trigger_max_attempts: None,
+            trigger_retry_ms: None,
         }
     }
 }
@@ -1148,6 +1158,18 @@ fn parse_state(config: Option<&Yaml>, w: &mut Vec<String>) -> Result<StateConfig
             ));
         }
         state.save_interval_ms = Some(ms);
+    }
+    if let Some(v) = b.value("trigger_max_attempts", None, w) {
+        let path = b.at("trigger_max_attempts");
+        let n = to_u64(&path, v)?;
+        if !(1..=1000).contains(&n) {
+            return Err(bad(path, format!("{n} is out of range; expected 1..=1000")));
+        }
+        state.trigger_max_attempts = Some(n as u32);
+    }
+    if let Some(v) = b.value("trigger_retry_ms", None, w) {
+        let path = b.at("trigger_retry_ms");
+        state.trigger_retry_ms = Some(to_u64(&path, v)?);
     }
     Ok(state)
 }

@@ -82,6 +82,31 @@ pub struct ServeArgs {
     /// Console log format.
     #[arg(long, env = "TRINE_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// State storage: `file_based` (durable, under `<data-dir>/state`) or `in_memory`
+    /// [default: file_based; with --config, what its iii-state block says].
+    #[arg(long, env = "TRINE_STATE_STORE", value_enum)]
+    pub state_store: Option<StateStore>,
+    /// Largest state value in bytes (compact JSON); larger sets and update results fail with
+    /// VALUE_TOO_LARGE [default: 16777216].
+    #[arg(long, env = "TRINE_STATE_MAX_VALUE_BYTES")]
+    pub state_max_value_bytes: Option<usize>,
+    /// Attempts per state trigger delivery before it becomes a dead letter [default: 8].
+    #[arg(long, env = "TRINE_TRIGGER_MAX_ATTEMPTS")]
+    pub trigger_max_attempts: Option<u32>,
+    /// Delay before the first retry of a failed state trigger delivery, in milliseconds; it
+    /// doubles per attempt, up to 10 s [default: 100].
+    #[arg(long, env = "TRINE_TRIGGER_RETRY_MS")]
+    pub trigger_retry_ms: Option<u64>,
+    /// Read cache of the file store, in MiB [default: 64].
+    #[arg(long, env = "TRINE_STATE_CACHE_MB")]
+    pub state_cache_mb: Option<u64>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum StateStore {
+    InMemory,
+    FileBased,
 }
 
 #[derive(Args, Debug)]

@@ -12,7 +12,13 @@ use trine_server::config::{self, FileConfig};
 use trine_server::settings::CorsSettings;
 use trine_server::ServerSettings;
 
-use crate::cli::{LogFormat, ServeArgs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use trine_engine::state::StateOptions;
+use trine_store::{FileStore, FileStoreOptions, MemoryStore, Store};
+
+use crate::cli::{LogFormat, ServeArgs, StateStore};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRINE_LOG")
@@ -87,6 +93,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
     let mut settings = ServerSettings::default();
     let mut engine_config = EngineConfig::default();
+    // Without a config file the state module runs with Trine's defaults.
+    let mut state_config = Some(config::StateConfig::default());
+    let mut state_from_file = false;
 
     if let Some(path) = &args.config {
         let file = config::load(path)
@@ -100,10 +109,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "config lists workers Trine does not implement yet; they are not started"
             );
         }
-        if file.state.is_some() || file.queue.is_some() {
-            tracing::warn!("config: iii-state / iii-queue are not available in this Trine build yet; their blocks are validated but not started");
+        if file.queue.is_some() {
+            tracing::warn!("config: iii-queue is not available in this Trine build yet; its block is validated but not started");
         }
         apply_file(&mut settings, &file);
+        state_config = file.state.clone();
+        state_from_file = true;
         tracing::info!(path = %path.display(), "config file loaded");
     } else if std::path::Path::new("config.yaml").exists() {
         tracing::info!(
@@ -153,6 +164,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
 
     let engine = Engine::new(engine_config);
+    if let Some(state) = &state_config {
+        let plan = StatePlan::resolve(&args, state, state_from_file, &data_dir)?;
+        plan.start(&engine)?;
+    } else {
+        tracing::info!("state module off (the config file does not list iii-state)");
+    }
     let shutdown = CancellationToken::new();
     let addrs = trine_server::start(&engine, &settings, shutdown.clone()).await?;
 
@@ -182,6 +199,97 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     engine.shutdown().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where and how the state module stores data, after flags, env vars and the config file.
+struct StatePlan {
+    store: StateStore,
+    dir: PathBuf,
+    cache_bytes: u64,
+    options: StateOptions,
+}
+
+impl StatePlan {
+    fn resolve(
+        args: &ServeArgs,
+        state: &config::StateConfig,
+        from_file: bool,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let adapter = &state.adapter;
+        if adapter.name != "kv" {
+            anyhow::bail!(
+                "iii-state adapter `{}` is not available in this Trine build yet; use `kv` (in_memory or file_based)",
+                adapter.name
+            );
+        }
+        let method = adapter.config.get("store_method").and_then(|v| v.as_str());
+        let store = match (args.state_store, method) {
+            (Some(s), _) => s,
+            (None, Some("file_based")) => StateStore::FileBased,
+            (None, Some(_)) => StateStore::InMemory,
+            // iii's kv adapter defaults to in_memory; without a config file Trine is durable.
+            (None, None) if from_file => StateStore::InMemory,
+            (None, None) => StateStore::FileBased,
+        };
+        let dir = match adapter.config.get("file_path").and_then(|v| v.as_str()) {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => data_dir.join("state"),
+        };
+        if state.save_interval_ms.is_some() || adapter.config.get("save_interval_ms").is_some() {
+            tracing::info!("iii-state save_interval_ms is accepted and has no effect: Trine makes every write durable before acknowledging it");
+        }
+        let mut options = StateOptions {
+            triggers_enabled: state.triggers_enabled,
+            ..StateOptions::default()
+        };
+        if let Some(max) = args
+            .state_max_value_bytes
+            .or(state.max_value_bytes.map(|m| m as usize))
+        {
+            options.max_value_bytes = max.max(1);
+        }
+        if let Some(n) = args.trigger_max_attempts.or(state.trigger_max_attempts) {
+            options.delivery.max_attempts = n.max(1);
+        }
+        if let Some(ms) = args.trigger_retry_ms.or(state.trigger_retry_ms) {
+            options.delivery.initial_backoff = Duration::from_millis(ms);
+        }
+        Ok(StatePlan {
+            store,
+            dir,
+            cache_bytes: args.state_cache_mb.unwrap_or(64) << 20,
+            options,
+        })
+    }
+
+    fn start(self, engine: &Engine) -> anyhow::Result<()> {
+        let store: Arc<dyn Store> = match self.store {
+            StateStore::InMemory => {
+                tracing::info!("state: in memory (nothing survives a restart)");
+                Arc::new(MemoryStore::new())
+            }
+            StateStore::FileBased => {
+                let started = std::time::Instant::now();
+                // The options struct grows with the adapter; keep the rest at their defaults.
+                #[allow(clippy::needless_update)]
+                let opts = FileStoreOptions {
+                    cache_bytes: self.cache_bytes,
+                    ..FileStoreOptions::default()
+                };
+                let s = FileStore::open(&self.dir, opts).with_context(|| {
+                    format!("opening the state store in {}", self.dir.display())
+                })?;
+                tracing::info!(path = %self.dir.display(), elapsed_ms = started.elapsed().as_millis() as u64,
+                    "state: durable file store open (every acknowledged write is fsync'd)");
+                Arc::new(s)
+            }
+        };
+        engine
+            .enable_state(store, self.options)
+            .context("starting the state module")?;
+        Ok(())
+    }
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,690 @@
+//! The state write path: one thread applies every write, in order, and commits them in groups.
+//!
+//! Callers send [`Command`]s on a bounded channel (a full channel makes writers wait: back-pressure
+//! on the callers only). The committer thread takes everything queued (up to
+//! [`MAX_COMMANDS_PER_BATCH`]), applies the writes one after another on top of the store (an
+//! overlay holds this batch's own writes, so two writes of one key in one batch see each other),
+//! records each change and its owed trigger deliveries in the same store batch (the outbox), and
+//! commits it with one fsync. Only then are the writers answered and the events handed to
+//! [`Delivery`]. While one batch is being fsync'd the next one queues up, so concurrent writers
+//! share fsyncs (group commit).
+//!
+//! Invariants:
+//! - a write is acknowledged only after the batch holding it is committed (durably, when the
+//!   store is durable);
+//! - sequence numbers increase by one per applied write and are never reused (the last one is
+//!   committed with every batch); a key's version is the sequence of its last write;
+//! - an event is handed to delivery only after its outbox records are committed, so a delivery
+//!   can always be acknowledged against a stored record.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use trine_store::{Batch, Space, Store, StoreError};
+
+use super::delivery::{Delivery, NewEvent, Target};
+use super::keys::{self, Group, Record};
+use super::ops::{apply_ops, OpError, UpdateOp};
+use super::triggers::TriggerIndex;
+use super::StateStats;
+
+/// Most commands folded into one store batch.
+pub const MAX_COMMANDS_PER_BATCH: usize = 2048;
+
+/// Work for the committer thread.
+pub enum Command {
+    Write(WriteRequest),
+    /// A delivery finished (handler succeeded or the condition skipped it).
+    Ack {
+        seq: u64,
+        trigger_id: Arc<str>,
+    },
+    /// A delivery exhausted its attempts: store `record` as a dead letter.
+    DeadLetter {
+        seq: u64,
+        trigger_id: Arc<str>,
+        record: Vec<u8>,
+    },
+    /// Remove dead letters: one by key, or all when `key` is `None`.
+    Discard {
+        key: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Make everything committed so far durable.
+    Sync {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Finish the queued work, sync, and end the thread.
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// One client write.
+pub struct WriteRequest {
+    pub scope: String,
+    pub key: String,
+    pub kind: WriteKind,
+    /// Compare-and-set: the version the key must have (0 = must not exist).
+    pub expected_version: Option<u64>,
+    pub reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+pub enum WriteKind {
+    /// Replace the value; `json` is its compact serialization (already size-checked).
+    Set {
+        value: Value,
+        json: Vec<u8>,
+    },
+    Update {
+        ops: Vec<UpdateOp>,
+    },
+    Delete,
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    /// The previous value; `None` when the key did not exist.
+    pub old_value: Option<Value>,
+    /// The value now stored; `None` after a delete.
+    pub new_value: Option<Value>,
+    /// The key's version after the write, or for a delete the version of the removed value
+    /// (0 when nothing was removed).
+    pub version: u64,
+    /// Per-op errors of an update (skipped ops).
+    pub errors: Vec<OpError>,
+}
+
+#[derive(Debug)]
+pub enum WriteError {
+    VersionConflict { expected: u64, current: u64 },
+    ValueTooLarge { size: usize, limit: usize },
+    Storage(String),
+}
+
+/// Limits the committer enforces.
+#[derive(Debug, Clone)]
+pub struct CommitterLimits {
+    pub max_value_bytes: usize,
+    pub triggers_enabled: bool,
+}
+
+pub struct Committer {
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Command>,
+    seq: u64,
+    /// Outbox events with deliveries still owed: sequence → number of owed deliveries.
+    owed: HashMap<u64, u32>,
+    triggers: Arc<TriggerIndex>,
+    delivery: Arc<Delivery>,
+    stats: Arc<StateStats>,
+    limits: CommitterLimits,
+}
+
+/// One batch being assembled.
+#[derive(Default)]
+struct Pending {
+    batch: Batch,
+    /// This batch's own writes: data key → record (`None` = deleted).
+    overlay: HashMap<Vec<u8>, Option<Record>>,
+    /// Scopes touched by this batch, with their updated bookkeeping.
+    groups: HashMap<String, Group>,
+    replies: Vec<(
+        oneshot::Sender<Result<WriteOutcome, WriteError>>,
+        WriteOutcome,
+    )>,
+    events: Vec<NewEvent>,
+    discards: Vec<(oneshot::Sender<Result<u64, StoreError>>, u64)>,
+    syncs: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    stop: Option<oneshot::Sender<()>>,
+    sync: bool,
+    writes: u64,
+}
+
+impl Committer {
+    /// Recovers the committer's counters from the store. Returns the committer and the owed
+    /// deliveries found in the outbox, in sequence order.
+    pub fn open(
+        store: Arc<dyn Store>,
+        rx: mpsc::Receiver<Command>,
+        triggers: Arc<TriggerIndex>,
+        delivery: Arc<Delivery>,
+        stats: Arc<StateStats>,
+        limits: CommitterLimits,
+    ) -> Result<(Self, Vec<NewEvent>), StoreError> {
+        let seq = match store.get(Space::Meta, keys::META_SEQ)? {
+            Some(b) => keys::decode_u64(&b)?,
+            None => 0,
+        };
+        let mut owed: HashMap<u64, u32> = HashMap::new();
+        let mut recovered: Vec<NewEvent> = Vec::new();
+        let mut payloads: HashMap<u64, Arc<Value>> = HashMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = store.scan(Space::OutboxTargets, &[], after.as_deref(), 4096)?;
+            let done = chunk.len() < 4096;
+            for (k, v) in chunk {
+                let (s, _trigger_id) = keys::split_seq_key(&k)?;
+                let target: Target = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("outbox target: {e}")))?;
+                let payload = match payloads.get(&s) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let Some(bytes) = store.get(Space::OutboxEvents, &s.to_be_bytes())? else {
+                            return Err(StoreError::Corrupt(format!(
+                                "outbox target of sequence {s} has no event"
+                            )));
+                        };
+                        let p: Value = serde_json::from_slice(&bytes)
+                            .map_err(|e| StoreError::Corrupt(format!("outbox event: {e}")))?;
+                        let p = Arc::new(p);
+                        payloads.insert(s, p.clone());
+                        p
+                    }
+                };
+                *owed.entry(s).or_default() += 1;
+                let lane = lane_of(&payload);
+                match recovered.last_mut() {
+                    Some(ev) if ev.seq == s => ev.targets.push(Arc::new(target)),
+                    _ => recovered.push(NewEvent {
+                        seq: s,
+                        lane,
+                        payload,
+                        targets: vec![Arc::new(target)],
+                    }),
+                }
+                after = Some(k);
+            }
+            if done {
+                break;
+            }
+        }
+        // Events whose deliveries were all acknowledged but whose record was not yet removed.
+        let mut orphans = Batch::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = store.scan(Space::OutboxEvents, &[], after.as_deref(), 4096)?;
+            let done = chunk.len() < 4096;
+            for (k, _) in chunk {
+                let s = u64::from_be_bytes(
+                    k.as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("outbox event key".into()))?,
+                );
+                if !owed.contains_key(&s) {
+                    orphans.delete(Space::OutboxEvents, k.clone());
+                }
+                after = Some(k);
+            }
+            if done {
+                break;
+            }
+        }
+        if !orphans.is_empty() {
+            store.commit(orphans, true)?;
+        }
+        stats.last_seq.store(seq, Ordering::Relaxed);
+        Ok((
+            Committer {
+                store,
+                rx,
+                seq,
+                owed,
+                triggers,
+                delivery,
+                stats,
+                limits,
+            },
+            recovered,
+        ))
+    }
+
+    /// The thread's body: runs until a `Stop` command or until every sender is gone.
+    pub fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut cmds = Vec::with_capacity(64);
+            cmds.push(first);
+            while cmds.len() < MAX_COMMANDS_PER_BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            if self.process(cmds) {
+                return;
+            }
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "state store: final sync failed");
+        }
+    }
+
+    /// Applies and commits one batch of commands. Returns true when asked to stop.
+    fn process(&mut self, cmds: Vec<Command>) -> bool {
+        let start_seq = self.seq;
+        let mut p = Pending::default();
+        for cmd in cmds {
+            match cmd {
+                Command::Write(w) => {
+                    let WriteRequest {
+                        scope,
+                        key,
+                        kind,
+                        expected_version,
+                        reply,
+                    } = w;
+                    match self.apply_write(&mut p, scope, key, kind, expected_version) {
+                        Ok(out) => {
+                            p.replies.push((reply, out));
+                            p.sync = true;
+                            p.writes += 1;
+                        }
+                        // Nothing was written for this request: answer at once.
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::Ack { seq, trigger_id } => {
+                    p.batch
+                        .delete(Space::OutboxTargets, keys::seq_key(seq, &trigger_id));
+                    self.release(&mut p, seq);
+                }
+                Command::DeadLetter {
+                    seq,
+                    trigger_id,
+                    record,
+                } => {
+                    let k = keys::seq_key(seq, &trigger_id);
+                    p.batch.put(Space::DeadLetters, k.clone(), record);
+                    p.batch.delete(Space::OutboxTargets, k);
+                    self.release(&mut p, seq);
+                    p.sync = true;
+                }
+                Command::Discard { key, reply } => {
+                    let n = self.discard(&mut p, key);
+                    match n {
+                        Ok(n) => p.discards.push((reply, n)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                    p.sync = true;
+                }
+                Command::Sync { reply } => {
+                    p.syncs.push(reply);
+                    p.sync = true;
+                }
+                Command::Stop { reply } => {
+                    p.stop = Some(reply);
+                    p.sync = true;
+                }
+            }
+        }
+        if self.seq != start_seq {
+            p.batch
+                .put(Space::Meta, keys::META_SEQ, self.seq.to_le_bytes().to_vec());
+        }
+        for (scope, g) in &p.groups {
+            if g.count == 0 {
+                p.batch
+                    .delete(Space::StateGroups, scope.as_bytes().to_vec());
+            } else {
+                p.batch
+                    .put(Space::StateGroups, scope.as_bytes().to_vec(), g.encode());
+            }
+        }
+        let result = if !p.batch.is_empty() {
+            let n = p.batch.len();
+            let r = self.store.commit(std::mem::take(&mut p.batch), p.sync);
+            if r.is_ok() {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.batch_ops.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            r
+        } else if p.sync {
+            self.store.sync()
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) => {
+                self.stats.last_seq.store(self.seq, Ordering::Relaxed);
+                self.stats.writes.fetch_add(p.writes, Ordering::Relaxed);
+                for (reply, out) in p.replies {
+                    let _ = reply.send(Ok(out));
+                }
+                for (reply, n) in p.discards {
+                    let _ = reply.send(Ok(n));
+                }
+                for reply in p.syncs {
+                    let _ = reply.send(Ok(()));
+                }
+                if !p.events.is_empty() {
+                    let overflow = self.delivery.submit(p.events);
+                    if !overflow.is_empty() {
+                        self.dead_letter_overflow(overflow);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "state store commit failed; the batch's writes are refused");
+                let msg = e.to_string();
+                for (reply, _) in p.replies {
+                    let _ = reply.send(Err(WriteError::Storage(msg.clone())));
+                }
+                for (reply, _) in p.discards {
+                    let _ = reply.send(Err(StoreError::Engine(msg.clone())));
+                }
+                for reply in p.syncs {
+                    let _ = reply.send(Err(StoreError::Engine(msg.clone())));
+                }
+                // Counters may have moved with the refused batch: take them from the store again.
+                self.seq = start_seq;
+                if let Err(e) = self.reload_owed() {
+                    tracing::error!(error = %e, "state store: could not reload the outbox after a failed commit");
+                }
+            }
+        }
+        if let Some(reply) = p.stop {
+            let _ = reply.send(());
+            return true;
+        }
+        false
+    }
+
+    fn read_record(&self, p: &Pending, dk: &[u8]) -> Result<Option<Record>, WriteError> {
+        if let Some(r) = p.overlay.get(dk) {
+            return Ok(r.clone());
+        }
+        match self.store.get(Space::StateData, dk) {
+            Ok(Some(bytes)) => Record::decode(bytes)
+                .map(Some)
+                .map_err(|e| WriteError::Storage(e.to_string())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(WriteError::Storage(e.to_string())),
+        }
+    }
+
+    fn group<'a>(&self, p: &'a mut Pending, scope: &str) -> Result<&'a mut Group, WriteError> {
+        if !p.groups.contains_key(scope) {
+            let g = match self.store.get(Space::StateGroups, scope.as_bytes()) {
+                Ok(Some(b)) => Group::decode(&b).map_err(|e| WriteError::Storage(e.to_string()))?,
+                Ok(None) => Group::default(),
+                Err(e) => return Err(WriteError::Storage(e.to_string())),
+            };
+            p.groups.insert(scope.to_owned(), g);
+        }
+        Ok(p.groups.get_mut(scope).expect("inserted above"))
+    }
+
+    fn apply_write(
+        &mut self,
+        p: &mut Pending,
+        scope: String,
+        key: String,
+        kind: WriteKind,
+        expected_version: Option<u64>,
+    ) -> Result<WriteOutcome, WriteError> {
+        let dk = keys::data_key(&scope, &key);
+        let current = self.read_record(p, &dk)?;
+        let current_version = current.as_ref().map_or(0, |r| r.version);
+        if let Some(expected) = expected_version {
+            if expected != current_version {
+                return Err(WriteError::VersionConflict {
+                    expected,
+                    current: current_version,
+                });
+            }
+        }
+        let old_value: Option<Value> = match &current {
+            Some(r) => Some(
+                serde_json::from_slice(&r.json)
+                    .map_err(|e| WriteError::Storage(format!("stored value is corrupt: {e}")))?,
+            ),
+            None => None,
+        };
+        let (new_value, new_json, errors) = match kind {
+            WriteKind::Set { value, json } => (value, json, Vec::new()),
+            WriteKind::Update { ops } => {
+                let (v, errors) = apply_ops(old_value.as_ref(), &ops);
+                let json = serde_json::to_vec(&v)
+                    .map_err(|e| WriteError::Storage(format!("could not encode the value: {e}")))?;
+                (v, json, errors)
+            }
+            WriteKind::Delete => {
+                let Some(cur) = current else {
+                    // Nothing to delete: no write, no event.
+                    return Ok(WriteOutcome {
+                        old_value: None,
+                        new_value: None,
+                        version: 0,
+                        errors: Vec::new(),
+                    });
+                };
+                self.seq += 1;
+                let seq = self.seq;
+                p.batch.delete(Space::StateData, dk.clone());
+                p.batch
+                    .delete(Space::StateOrder, keys::order_key(&scope, cur.order));
+                let g = self.group(p, &scope)?;
+                g.count = g.count.saturating_sub(1);
+                p.overlay.insert(dk.clone(), None);
+                self.record_event(
+                    p,
+                    seq,
+                    dk,
+                    &scope,
+                    &key,
+                    "state:deleted",
+                    old_value.clone(),
+                    None,
+                );
+                return Ok(WriteOutcome {
+                    old_value,
+                    new_value: None,
+                    version: cur.version,
+                    errors: Vec::new(),
+                });
+            }
+        };
+        if new_json.len() > self.limits.max_value_bytes {
+            return Err(WriteError::ValueTooLarge {
+                size: new_json.len(),
+                limit: self.limits.max_value_bytes,
+            });
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let order = match &current {
+            Some(r) => r.order,
+            None => {
+                let g = self.group(p, &scope)?;
+                let o = g.next_order;
+                g.next_order += 1;
+                g.count += 1;
+                p.batch.put(
+                    Space::StateOrder,
+                    keys::order_key(&scope, o),
+                    key.as_bytes().to_vec(),
+                );
+                o
+            }
+        };
+        let rec = Record {
+            version: seq,
+            order,
+            json: new_json,
+        };
+        p.batch.put(Space::StateData, dk.clone(), rec.encode());
+        p.overlay.insert(dk.clone(), Some(rec));
+        let event_type = if current.is_some() {
+            "state:updated"
+        } else {
+            "state:created"
+        };
+        self.record_event(
+            p,
+            seq,
+            dk,
+            &scope,
+            &key,
+            event_type,
+            old_value.clone(),
+            Some(&new_value),
+        );
+        Ok(WriteOutcome {
+            old_value,
+            new_value: Some(new_value),
+            version: seq,
+            errors,
+        })
+    }
+
+    /// Adds the change to the outbox when any trigger wants it.
+    #[allow(clippy::too_many_arguments)]
+    fn record_event(
+        &mut self,
+        p: &mut Pending,
+        seq: u64,
+        lane: Vec<u8>,
+        scope: &str,
+        key: &str,
+        event_type: &str,
+        old_value: Option<Value>,
+        new_value: Option<&Value>,
+    ) {
+        if !self.limits.triggers_enabled {
+            return;
+        }
+        let targets = self.triggers.matching(scope, key);
+        if targets.is_empty() {
+            return;
+        }
+        let payload = json!({
+            "type": "state",
+            "event_type": event_type,
+            "scope": scope,
+            "key": key,
+            "old_value": old_value.unwrap_or(Value::Null),
+            "new_value": new_value.cloned().unwrap_or(Value::Null),
+        });
+        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        p.batch
+            .put(Space::OutboxEvents, seq.to_be_bytes().to_vec(), bytes);
+        for t in &targets {
+            let tb = serde_json::to_vec(t.as_ref()).unwrap_or_default();
+            p.batch
+                .put(Space::OutboxTargets, keys::seq_key(seq, &t.trigger_id), tb);
+        }
+        self.owed.insert(seq, targets.len() as u32);
+        p.events.push(NewEvent {
+            seq,
+            lane: lane.into(),
+            payload: Arc::new(payload),
+            targets,
+        });
+    }
+
+    /// One owed delivery of `seq` is settled; drops the event record after the last one.
+    fn release(&mut self, p: &mut Pending, seq: u64) {
+        if let Some(n) = self.owed.get_mut(&seq) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.owed.remove(&seq);
+                p.batch
+                    .delete(Space::OutboxEvents, seq.to_be_bytes().to_vec());
+            }
+        }
+    }
+
+    fn discard(&mut self, p: &mut Pending, key: Option<Vec<u8>>) -> Result<u64, StoreError> {
+        match key {
+            Some(k) => {
+                let existed = self.store.get(Space::DeadLetters, &k)?.is_some();
+                if existed {
+                    p.batch.delete(Space::DeadLetters, k);
+                }
+                Ok(existed as u64)
+            }
+            None => {
+                let mut n = 0;
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let chunk = self
+                        .store
+                        .scan(Space::DeadLetters, &[], after.as_deref(), 4096)?;
+                    let done = chunk.len() < 4096;
+                    for (k, _) in chunk {
+                        p.batch.delete(Space::DeadLetters, k.clone());
+                        n += 1;
+                        after = Some(k);
+                    }
+                    if done {
+                        return Ok(n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliveries the delivery stage could not hold in memory become dead letters at once.
+    fn dead_letter_overflow(&mut self, overflow: Vec<(u64, Arc<Target>, Arc<Value>)>) {
+        let mut p = Pending::default();
+        for (seq, target, payload) in overflow {
+            let k = keys::seq_key(seq, &target.trigger_id);
+            let record = super::delivery::dead_letter_record(
+                seq,
+                &target,
+                &payload,
+                &trine_protocol::ErrorBody::new(
+                    super::codes::TRIGGER_BACKLOG_FULL,
+                    "the trigger's delivery backlog was full; the event was dead-lettered without an attempt",
+                ),
+                0,
+            );
+            p.batch.put(Space::DeadLetters, k.clone(), record);
+            p.batch.delete(Space::OutboxTargets, k);
+            self.release(&mut p, seq);
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = self.store.commit(p.batch, false) {
+            tracing::error!(error = %e, "state store: could not record overflow dead letters (they will be redelivered after a restart)");
+        }
+    }
+
+    fn reload_owed(&mut self) -> Result<(), StoreError> {
+        if let Some(b) = self.store.get(Space::Meta, keys::META_SEQ)? {
+            self.seq = self.seq.max(keys::decode_u64(&b)?);
+        }
+        let mut owed: HashMap<u64, u32> = HashMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let chunk = self
+                .store
+                .scan(Space::OutboxTargets, &[], after.as_deref(), 4096)?;
+            let done = chunk.len() < 4096;
+            for (k, _) in chunk {
+                let (s, _) = keys::split_seq_key(&k)?;
+                *owed.entry(s).or_default() += 1;
+                after = Some(k);
+            }
+            if done {
+                break;
+            }
+        }
+        self.owed = owed;
+        Ok(())
+    }
+}
+
+/// The delivery lane of an event: its `(scope, key)` data key.
+fn lane_of(payload: &Value) -> Arc<[u8]> {
+    let scope = payload["scope"].as_str().unwrap_or_default();
+    let key = payload["key"].as_str().unwrap_or_default();
+    keys::data_key(scope, key).into()
+}
