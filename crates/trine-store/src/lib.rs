@@ -45,11 +45,17 @@ pub enum Space {
     OutboxTargets,
     /// Deliveries that exhausted their attempts: `(sequence, trigger id)` → record.
     DeadLetters,
+    /// Stream items: `(stream, group, item)` → version, insertion order and JSON value.
+    StreamData,
+    /// Insertion order of items within a stream group.
+    StreamOrder,
+    /// Non-empty stream groups: `(stream, group)` → item count and next insertion order.
+    StreamGroups,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 10] = [
         Space::Meta,
         Space::StateData,
         Space::StateOrder,
@@ -57,6 +63,9 @@ impl Space {
         Space::OutboxEvents,
         Space::OutboxTargets,
         Space::DeadLetters,
+        Space::StreamData,
+        Space::StreamOrder,
+        Space::StreamGroups,
     ];
 
     /// Stable on-disk name of the space.
@@ -69,6 +78,9 @@ impl Space {
             Space::OutboxEvents => "outbox_events",
             Space::OutboxTargets => "outbox_targets",
             Space::DeadLetters => "dead_letters",
+            Space::StreamData => "stream_data",
+            Space::StreamOrder => "stream_order",
+            Space::StreamGroups => "stream_groups",
         }
     }
 }

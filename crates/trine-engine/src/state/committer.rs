@@ -37,6 +37,8 @@ pub const MAX_COMMANDS_PER_BATCH: usize = 2048;
 /// Work for the committer thread.
 pub enum Command {
     Write(WriteRequest),
+    /// An ephemeral stream event, ordered with the writes around it.
+    Publish(StreamPublish),
     /// A delivery finished (handler succeeded or the condition skipped it).
     Ack {
         seq: u64,
@@ -63,10 +65,68 @@ pub enum Command {
     },
 }
 
+/// What a write addresses: a state key or a stream item. Both are stored the same way (a
+/// record per key, insertion order per scope, a count per scope) in their own key spaces.
+#[derive(Debug, Clone)]
+pub enum Address {
+    State {
+        scope: String,
+        key: String,
+    },
+    Stream {
+        stream: String,
+        group: String,
+        item: String,
+    },
+}
+
+impl Address {
+    /// Data, order and group spaces of the namespace.
+    fn spaces(&self) -> (Space, Space, Space) {
+        match self {
+            Address::State { .. } => (Space::StateData, Space::StateOrder, Space::StateGroups),
+            Address::Stream { .. } => (Space::StreamData, Space::StreamOrder, Space::StreamGroups),
+        }
+    }
+
+    /// The scope bytes (a state scope, or a stream group's composite).
+    fn scope(&self) -> Vec<u8> {
+        match self {
+            Address::State { scope, .. } => scope.as_bytes().to_vec(),
+            Address::Stream { stream, group, .. } => keys::stream_scope(stream, group),
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Address::State { key, .. } => key,
+            Address::Stream { item, .. } => item,
+        }
+    }
+}
+
+/// A change to stream subscribers that is not a stored write (`stream::send`, or an event of a
+/// worker-provided stream implementation).
+#[derive(Debug, Clone)]
+pub struct StreamPublish {
+    pub stream: String,
+    pub group: String,
+    pub id: Option<String>,
+    /// The envelope's `event` object (`{type: "event", event: {type, data}}` for sends).
+    pub event: Value,
+}
+
+/// The stream module's side of a commit: its triggers and its subscribers.
+pub trait StreamSink: Send + Sync {
+    /// Targets of the `stream` triggers that want this envelope.
+    fn matching(&self, stream: &str, group: &str, id: Option<&str>) -> Vec<Arc<Target>>;
+    /// Hands committed envelopes (in commit order) to WebSocket subscribers.
+    fn publish(&self, envelopes: Vec<Arc<Value>>);
+}
+
 /// One client write.
 pub struct WriteRequest {
-    pub scope: String,
-    pub key: String,
+    pub addr: Address,
     pub kind: WriteKind,
     /// Compare-and-set: the version the key must have (0 = must not exist).
     pub expected_version: Option<u64>,
@@ -106,6 +166,14 @@ pub enum WriteError {
     Storage(String),
 }
 
+/// What a write did to its key.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Created,
+    Updated,
+    Deleted,
+}
+
 /// Limits the committer enforces.
 #[derive(Debug, Clone)]
 pub struct CommitterLimits {
@@ -123,21 +191,24 @@ pub struct Committer {
     delivery: Arc<Delivery>,
     stats: Arc<StateStats>,
     limits: CommitterLimits,
+    streams: Option<Arc<dyn StreamSink>>,
 }
 
 /// One batch being assembled.
 #[derive(Default)]
 struct Pending {
     batch: Batch,
-    /// This batch's own writes: data key → record (`None` = deleted).
-    overlay: HashMap<Vec<u8>, Option<Record>>,
-    /// Scopes touched by this batch, with their updated bookkeeping.
-    groups: HashMap<String, Group>,
+    /// This batch's own writes: (data space, data key) → record (`None` = deleted).
+    overlay: HashMap<(Space, Vec<u8>), Option<Record>>,
+    /// Scopes touched by this batch, with their updated bookkeeping: (group space, scope).
+    groups: HashMap<(Space, Vec<u8>), Group>,
     replies: Vec<(
         oneshot::Sender<Result<WriteOutcome, WriteError>>,
         WriteOutcome,
     )>,
     events: Vec<NewEvent>,
+    /// Stream envelopes to publish after the commit, in order.
+    envelopes: Vec<Arc<Value>>,
     discards: Vec<(oneshot::Sender<Result<u64, StoreError>>, u64)>,
     syncs: Vec<oneshot::Sender<Result<(), StoreError>>>,
     stop: Option<oneshot::Sender<()>>,
@@ -155,6 +226,7 @@ impl Committer {
         delivery: Arc<Delivery>,
         stats: Arc<StateStats>,
         limits: CommitterLimits,
+        streams: Option<Arc<dyn StreamSink>>,
     ) -> Result<(Self, Vec<NewEvent>), StoreError> {
         let seq = match store.get(Space::Meta, keys::META_SEQ)? {
             Some(b) => keys::decode_u64(&b)?,
@@ -238,6 +310,7 @@ impl Committer {
                 delivery,
                 stats,
                 limits,
+                streams,
             },
             recovered,
         ))
@@ -269,15 +342,17 @@ impl Committer {
         let mut p = Pending::default();
         for cmd in cmds {
             match cmd {
+                Command::Publish(ev) => {
+                    self.record_stream_event(&mut p, None, ev);
+                }
                 Command::Write(w) => {
                     let WriteRequest {
-                        scope,
-                        key,
+                        addr,
                         kind,
                         expected_version,
                         reply,
                     } = w;
-                    match self.apply_write(&mut p, scope, key, kind, expected_version) {
+                    match self.apply_write(&mut p, addr, kind, expected_version) {
                         Ok(out) => {
                             p.replies.push((reply, out));
                             p.sync = true;
@@ -329,13 +404,11 @@ impl Committer {
             p.batch
                 .put(Space::Meta, keys::META_SEQ, self.seq.to_le_bytes().to_vec());
         }
-        for (scope, g) in &p.groups {
+        for ((space, scope), g) in &p.groups {
             if g.count == 0 {
-                p.batch
-                    .delete(Space::StateGroups, scope.as_bytes().to_vec());
+                p.batch.delete(*space, scope.clone());
             } else {
-                p.batch
-                    .put(Space::StateGroups, scope.as_bytes().to_vec(), g.encode());
+                p.batch.put(*space, scope.clone(), g.encode());
             }
         }
         let result = if !p.batch.is_empty() {
@@ -363,6 +436,11 @@ impl Committer {
                 }
                 for reply in p.syncs {
                     let _ = reply.send(Ok(()));
+                }
+                if !p.envelopes.is_empty() {
+                    if let Some(sink) = &self.streams {
+                        sink.publish(std::mem::take(&mut p.envelopes));
+                    }
                 }
                 if !p.events.is_empty() {
                     let overflow = self.delivery.submit(p.events);
@@ -397,11 +475,16 @@ impl Committer {
         false
     }
 
-    fn read_record(&self, p: &Pending, dk: &[u8]) -> Result<Option<Record>, WriteError> {
-        if let Some(r) = p.overlay.get(dk) {
+    fn read_record(
+        &self,
+        p: &Pending,
+        space: Space,
+        dk: &[u8],
+    ) -> Result<Option<Record>, WriteError> {
+        if let Some(r) = p.overlay.get(&(space, dk.to_vec())) {
             return Ok(r.clone());
         }
-        match self.store.get(Space::StateData, dk) {
+        match self.store.get(space, dk) {
             Ok(Some(bytes)) => Record::decode(bytes)
                 .map(Some)
                 .map_err(|e| WriteError::Storage(e.to_string())),
@@ -410,28 +493,36 @@ impl Committer {
         }
     }
 
-    fn group<'a>(&self, p: &'a mut Pending, scope: &str) -> Result<&'a mut Group, WriteError> {
-        if !p.groups.contains_key(scope) {
-            let g = match self.store.get(Space::StateGroups, scope.as_bytes()) {
+    fn group<'a>(
+        &self,
+        p: &'a mut Pending,
+        space: Space,
+        scope: &[u8],
+    ) -> Result<&'a mut Group, WriteError> {
+        let k = (space, scope.to_vec());
+        if !p.groups.contains_key(&k) {
+            let g = match self.store.get(space, scope) {
                 Ok(Some(b)) => Group::decode(&b).map_err(|e| WriteError::Storage(e.to_string()))?,
                 Ok(None) => Group::default(),
                 Err(e) => return Err(WriteError::Storage(e.to_string())),
             };
-            p.groups.insert(scope.to_owned(), g);
+            p.groups.insert(k.clone(), g);
         }
-        Ok(p.groups.get_mut(scope).expect("inserted above"))
+        Ok(p.groups.get_mut(&k).expect("inserted above"))
     }
 
     fn apply_write(
         &mut self,
         p: &mut Pending,
-        scope: String,
-        key: String,
+        addr: Address,
         kind: WriteKind,
         expected_version: Option<u64>,
     ) -> Result<WriteOutcome, WriteError> {
+        let (data_space, order_space, group_space) = addr.spaces();
+        let scope = addr.scope();
+        let key = addr.key().to_owned();
         let dk = keys::data_key(&scope, &key);
-        let current = self.read_record(p, &dk)?;
+        let current = self.read_record(p, data_space, &dk)?;
         let current_version = current.as_ref().map_or(0, |r| r.version);
         if let Some(expected) = expected_version {
             if expected != current_version {
@@ -468,22 +559,13 @@ impl Committer {
                 };
                 self.seq += 1;
                 let seq = self.seq;
-                p.batch.delete(Space::StateData, dk.clone());
+                p.batch.delete(data_space, dk.clone());
                 p.batch
-                    .delete(Space::StateOrder, keys::order_key(&scope, cur.order));
-                let g = self.group(p, &scope)?;
+                    .delete(order_space, keys::order_key(&scope, cur.order));
+                let g = self.group(p, group_space, &scope)?;
                 g.count = g.count.saturating_sub(1);
-                p.overlay.insert(dk.clone(), None);
-                self.record_event(
-                    p,
-                    seq,
-                    dk,
-                    &scope,
-                    &key,
-                    "state:deleted",
-                    old_value.clone(),
-                    None,
-                );
+                p.overlay.insert((data_space, dk.clone()), None);
+                self.record_change(p, seq, dk, &addr, Change::Deleted, old_value.as_ref(), None);
                 return Ok(WriteOutcome {
                     old_value,
                     new_value: None,
@@ -503,12 +585,12 @@ impl Committer {
         let order = match &current {
             Some(r) => r.order,
             None => {
-                let g = self.group(p, &scope)?;
+                let g = self.group(p, group_space, &scope)?;
                 let o = g.next_order;
                 g.next_order += 1;
                 g.count += 1;
                 p.batch.put(
-                    Space::StateOrder,
+                    order_space,
                     keys::order_key(&scope, o),
                     key.as_bytes().to_vec(),
                 );
@@ -520,21 +602,20 @@ impl Committer {
             order,
             json: new_json,
         };
-        p.batch.put(Space::StateData, dk.clone(), rec.encode());
-        p.overlay.insert(dk.clone(), Some(rec));
-        let event_type = if current.is_some() {
-            "state:updated"
+        p.batch.put(data_space, dk.clone(), rec.encode());
+        p.overlay.insert((data_space, dk.clone()), Some(rec));
+        let change = if current.is_some() {
+            Change::Updated
         } else {
-            "state:created"
+            Change::Created
         };
-        self.record_event(
+        self.record_change(
             p,
             seq,
             dk,
-            &scope,
-            &key,
-            event_type,
-            old_value.clone(),
+            &addr,
+            change,
+            old_value.as_ref(),
             Some(&new_value),
         );
         Ok(WriteOutcome {
@@ -545,35 +626,117 @@ impl Committer {
         })
     }
 
-    /// Adds the change to the outbox when any trigger wants it.
+    /// Records what a committed write produces: the state trigger outbox, or for stream items
+    /// the envelope (outbox for `stream` triggers, and subscribers after the commit).
     #[allow(clippy::too_many_arguments)]
-    fn record_event(
+    fn record_change(
         &mut self,
         p: &mut Pending,
         seq: u64,
         lane: Vec<u8>,
-        scope: &str,
-        key: &str,
-        event_type: &str,
-        old_value: Option<Value>,
+        addr: &Address,
+        change: Change,
+        old_value: Option<&Value>,
         new_value: Option<&Value>,
     ) {
-        if !self.limits.triggers_enabled {
-            return;
+        match addr {
+            Address::State { scope, key } => {
+                if !self.limits.triggers_enabled {
+                    return;
+                }
+                let targets = self.triggers.matching(scope, key);
+                if targets.is_empty() {
+                    return;
+                }
+                let event_type = match change {
+                    Change::Created => "state:created",
+                    Change::Updated => "state:updated",
+                    Change::Deleted => "state:deleted",
+                };
+                let payload = json!({
+                    "type": "state",
+                    "event_type": event_type,
+                    "scope": scope,
+                    "key": key,
+                    "old_value": old_value.cloned().unwrap_or(Value::Null),
+                    "new_value": new_value.cloned().unwrap_or(Value::Null),
+                });
+                self.add_to_outbox(p, seq, lane, Arc::new(payload), targets);
+            }
+            Address::Stream {
+                stream,
+                group,
+                item,
+            } => {
+                // Stream events carry the new value, or the old one for a delete.
+                let (kind, data) = match change {
+                    Change::Created => ("create", new_value),
+                    Change::Updated => ("update", new_value),
+                    Change::Deleted => ("delete", old_value),
+                };
+                let ev = StreamPublish {
+                    stream: stream.clone(),
+                    group: group.clone(),
+                    id: Some(item.clone()),
+                    event: json!({"type": kind, "data": data.cloned().unwrap_or(Value::Null)}),
+                };
+                self.record_stream_event(p, Some((seq, lane)), ev);
+            }
         }
-        let targets = self.triggers.matching(scope, key);
-        if targets.is_empty() {
+    }
+
+    /// Builds a stream envelope, records its `stream` trigger deliveries in the outbox, and
+    /// queues it for subscribers. `at` is the write's sequence and lane; a publish without a
+    /// write takes a sequence of its own when triggers want it.
+    fn record_stream_event(
+        &mut self,
+        p: &mut Pending,
+        at: Option<(u64, Vec<u8>)>,
+        ev: StreamPublish,
+    ) {
+        let Some(sink) = self.streams.clone() else {
             return;
+        };
+        let envelope = Arc::new(json!({
+            "type": "stream",
+            "timestamp": crate::worker::now_ms(),
+            "streamName": ev.stream,
+            "groupId": ev.group,
+            "id": ev.id,
+            "event": ev.event,
+        }));
+        let targets = if self.limits.triggers_enabled {
+            sink.matching(&ev.stream, &ev.group, ev.id.as_deref())
+        } else {
+            Vec::new()
+        };
+        if !targets.is_empty() {
+            let (seq, lane) = match at {
+                Some(x) => x,
+                None => {
+                    self.seq += 1;
+                    let scope = keys::stream_scope(&ev.stream, &ev.group);
+                    (
+                        self.seq,
+                        keys::data_key(&scope, ev.id.as_deref().unwrap_or("")),
+                    )
+                }
+            };
+            p.sync = true;
+            self.add_to_outbox(p, seq, lane, envelope.clone(), targets);
         }
-        let payload = json!({
-            "type": "state",
-            "event_type": event_type,
-            "scope": scope,
-            "key": key,
-            "old_value": old_value.unwrap_or(Value::Null),
-            "new_value": new_value.cloned().unwrap_or(Value::Null),
-        });
-        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        p.envelopes.push(envelope);
+    }
+
+    fn add_to_outbox(
+        &mut self,
+        p: &mut Pending,
+        seq: u64,
+        lane: Vec<u8>,
+        payload: Arc<Value>,
+        targets: Vec<Arc<Target>>,
+    ) {
+        let bytes = serde_json::to_vec(payload.as_ref()).unwrap_or_default();
         p.batch
             .put(Space::OutboxEvents, seq.to_be_bytes().to_vec(), bytes);
         for t in &targets {
@@ -585,7 +748,7 @@ impl Committer {
         p.events.push(NewEvent {
             seq,
             lane: lane.into(),
-            payload: Arc::new(payload),
+            payload,
             targets,
         });
     }
@@ -682,9 +845,16 @@ impl Committer {
     }
 }
 
-/// The delivery lane of an event: its `(scope, key)` data key.
+/// The delivery lane of a stored event: the data key of its state key or stream item.
 fn lane_of(payload: &Value) -> Arc<[u8]> {
+    if payload["type"] == "stream" {
+        let scope = keys::stream_scope(
+            payload["streamName"].as_str().unwrap_or_default(),
+            payload["groupId"].as_str().unwrap_or_default(),
+        );
+        return keys::data_key(&scope, payload["id"].as_str().unwrap_or_default()).into();
+    }
     let scope = payload["scope"].as_str().unwrap_or_default();
     let key = payload["key"].as_str().unwrap_or_default();
-    keys::data_key(scope, key).into()
+    keys::data_key(scope.as_bytes(), key).into()
 }

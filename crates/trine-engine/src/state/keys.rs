@@ -18,24 +18,49 @@ use trine_store::StoreError;
 /// Key of the last committed sequence number in `Meta`.
 pub const META_SEQ: &[u8] = b"seq";
 
-/// Prefix shared by every key of `scope` in `StateData` and `StateOrder`.
-pub fn scope_prefix(scope: &str) -> Vec<u8> {
+/// Prefix shared by every key of `scope` in `StateData` and `StateOrder` (a scope is a state
+/// scope's UTF-8, or a stream group's [`stream_scope`]).
+pub fn scope_prefix(scope: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + scope.len() + 16);
-    // Scopes are validated to at most 256 bytes, so the length fits.
+    // Scopes are validated (state: 256 bytes; streams: 2 + 256 + 256), so the length fits.
     k.extend_from_slice(&(scope.len() as u16).to_be_bytes());
-    k.extend_from_slice(scope.as_bytes());
+    k.extend_from_slice(scope);
     k
 }
 
-/// `StateData` key of `(scope, key)`.
-pub fn data_key(scope: &str, key: &str) -> Vec<u8> {
+/// The scope of a stream group: stream length (u16 BE) · stream · group. All groups of one stream
+/// share the prefix [`stream_prefix`], so `StreamGroups` lists them with one scan.
+pub fn stream_scope(stream: &str, group: &str) -> Vec<u8> {
+    let mut k = stream_prefix(stream);
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+/// Prefix of every group of `stream` in `StreamGroups`.
+pub fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + stream.len() + 32);
+    k.extend_from_slice(&(stream.len() as u16).to_be_bytes());
+    k.extend_from_slice(stream.as_bytes());
+    k
+}
+
+/// Splits a [`stream_scope`] back into stream and group.
+pub fn split_stream_scope(scope: &[u8]) -> Option<(String, String)> {
+    let len = u16::from_be_bytes(scope.get(0..2)?.try_into().ok()?) as usize;
+    let stream = std::str::from_utf8(scope.get(2..2 + len)?).ok()?;
+    let group = std::str::from_utf8(scope.get(2 + len..)?).ok()?;
+    Some((stream.to_owned(), group.to_owned()))
+}
+
+/// Data key of `(scope, key)`.
+pub fn data_key(scope: &[u8], key: &str) -> Vec<u8> {
     let mut k = scope_prefix(scope);
     k.extend_from_slice(key.as_bytes());
     k
 }
 
-/// `StateOrder` key of a scope's `order`-th inserted key.
-pub fn order_key(scope: &str, order: u64) -> Vec<u8> {
+/// Order key of a scope's `order`-th inserted key.
+pub fn order_key(scope: &[u8], order: u64) -> Vec<u8> {
     let mut k = scope_prefix(scope);
     k.extend_from_slice(&order.to_be_bytes());
     k
@@ -142,10 +167,16 @@ mod tests {
     #[test]
     fn scope_keys_stay_contiguous_and_distinct() {
         // "ab"+"c" and "a"+"bc" must not collide.
-        assert_ne!(data_key("ab", "c"), data_key("a", "bc"));
-        assert!(data_key("s", "k").starts_with(&scope_prefix("s")));
-        assert!(!data_key("s2", "k").starts_with(&scope_prefix("s")));
-        assert!(order_key("s", 1) < order_key("s", 256));
+        assert_ne!(data_key(b"ab", "c"), data_key(b"a", "bc"));
+        assert!(data_key(b"s", "k").starts_with(&scope_prefix(b"s")));
+        assert!(!data_key(b"s2", "k").starts_with(&scope_prefix(b"s")));
+        assert!(order_key(b"s", 1) < order_key(b"s", 256));
+        assert_ne!(stream_scope("ab", "c"), stream_scope("a", "bc"));
+        assert!(stream_scope("s", "g").starts_with(&stream_prefix("s")));
+        assert_eq!(
+            split_stream_scope(&stream_scope("chat", "room:1")),
+            Some(("chat".into(), "room:1".into()))
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use trine_store::{Space, Store, StoreError};
 use crate::builtins::builtin;
 use crate::engine::Engine;
 use crate::worker::{lock, CallOutcome};
+pub use committer::Address;
 use committer::{
     Command, Committer, CommitterLimits, WriteError, WriteKind, WriteOutcome, WriteRequest,
 };
@@ -271,6 +272,7 @@ impl StateModule {
                 max_value_bytes: options.max_value_bytes,
                 triggers_enabled: options.triggers_enabled,
             },
+            None,
         )?;
         if !recovered.is_empty() {
             let n: usize = recovered.iter().map(|e| e.targets.len()).sum();
@@ -338,8 +340,7 @@ impl StateModule {
         }
         let out = self
             .write(|reply| WriteRequest {
-                scope,
-                key,
+                addr: Address::State { scope, key },
                 kind: WriteKind::Set { value, json },
                 expected_version,
                 reply,
@@ -368,8 +369,7 @@ impl StateModule {
         let meta = opt_flag(FID, m, "with_meta")? || expected_version.is_some();
         let out = self
             .write(|reply| WriteRequest {
-                scope,
-                key,
+                addr: Address::State { scope, key },
                 kind: WriteKind::Update { ops },
                 expected_version,
                 reply,
@@ -397,8 +397,7 @@ impl StateModule {
         let meta = opt_flag(FID, m, "with_meta")? || expected_version.is_some();
         let out = self
             .write(|reply| WriteRequest {
-                scope,
-                key,
+                addr: Address::State { scope, key },
                 kind: WriteKind::Delete,
                 expected_version,
                 reply,
@@ -420,7 +419,7 @@ impl StateModule {
         let meta = opt_flag(FID, m, "with_meta")?;
         let rec = self
             .store
-            .get(Space::StateData, &keys::data_key(&scope, &key))
+            .get(Space::StateData, &keys::data_key(scope.as_bytes(), &key))
             .map_err(|e| storage_error(codes::GET_ERROR, "get value", e))?;
         let (value, version) = match rec {
             None => (Value::Null, 0),
@@ -445,7 +444,7 @@ impl StateModule {
         let scope = req_string(FID, m, "scope")?;
         check_scope(&scope)?;
         let err = |e: StoreError| storage_error(codes::LIST_ERROR, "list values", e);
-        let prefix = keys::scope_prefix(&scope);
+        let prefix = keys::scope_prefix(scope.as_bytes());
         let mut values = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -497,17 +496,31 @@ impl StateModule {
     }
 
     fn dead_letters_list(&self, v: &Value) -> CallOutcome {
-        let m = object("engine::state::dead_letters::list", v).or_else(|e| {
-            if v.is_null() {
-                Ok(&EMPTY)
-            } else {
-                Err(e)
+        const FID: &str = "engine::state::dead_letters::list";
+        let m = if v.is_null() { &EMPTY } else { object(FID, v)? };
+        let filter = |field: &str| -> Result<Option<String>, ErrorBody> {
+            match m.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(de_error(
+                    FID,
+                    format!(
+                        "invalid type for `{field}`: {}, expected a string",
+                        json_type(other)
+                    ),
+                )),
             }
-        })?;
-        let filter = |field: &str| m.get(field).and_then(Value::as_str).map(str::to_owned);
-        let trigger_id = filter("trigger_id");
-        let function_id = filter("function_id");
-        let limit = m.get("limit").and_then(Value::as_u64).unwrap_or(1000) as usize;
+        };
+        let trigger_id = filter("trigger_id")?;
+        let function_id = filter("function_id")?;
+        let limit = match m.get("limit") {
+            None | Some(Value::Null) => 1000,
+            Some(l) => l
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| de_error(FID, "`limit` must be a positive integer"))?
+                as usize,
+        };
         let err = |e: StoreError| storage_error(codes::LIST_ERROR, "list dead letters", e);
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;

@@ -1,0 +1,4 @@
+import * as adapter from '../adapter.mjs';
+import { stateSuite } from '../../lib/suites/state.mjs';
+
+stateSuite(adapter);
