@@ -145,6 +145,7 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     state: OnceLock<Arc<crate::state::StateModule>>,
+    streams: OnceLock<Arc<crate::stream::StreamModule>>,
 }
 
 impl Engine {
@@ -162,6 +163,7 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 state: OnceLock::new(),
+                streams: OnceLock::new(),
             }),
         };
         {
@@ -205,6 +207,26 @@ impl Engine {
         let module = crate::state::install(self, store, options)?;
         let _ = self.inner.state.set(module);
         Ok(())
+    }
+
+    /// Enables the stream module (`stream::*`, the `stream`, `stream:join`, `stream:leave`
+    /// trigger types) on the store of the state module, which must be enabled first (with
+    /// `functions: false` when only streams are wanted).
+    pub fn enable_streams(&self, options: crate::stream::StreamOptions) -> Result<(), String> {
+        let core = self
+            .inner
+            .state
+            .get()
+            .cloned()
+            .ok_or("the stream module needs the store: enable state first")?;
+        let module = crate::stream::install(self, core, options)?;
+        let _ = self.inner.streams.set(module);
+        Ok(())
+    }
+
+    /// The stream module, when enabled.
+    pub fn streams(&self) -> Option<&Arc<crate::stream::StreamModule>> {
+        self.inner.streams.get()
     }
 
     /// The state module, when enabled.

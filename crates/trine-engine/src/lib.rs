@@ -8,6 +8,7 @@
 //! - [`builtins`]: the `engine::*` functions (discovery, worker metadata, durable triggers, logs).
 //! - [`http`]: the `http` trigger type — route table, handler input, response mapping.
 //! - [`state`]: the `state::*` functions, the `state` trigger type and its durable delivery.
+//! - [`stream`]: stream items, `stream::send`, stream trigger types, the subscription hub.
 //! - [`logs`]: the bounded log ring fed by SDK telemetry and `engine::log::*`.
 //! - [`channels`]: one-way frame pipes (HTTP request bodies, streamed responses, worker helpers).
 //!
@@ -21,6 +22,7 @@ pub mod http;
 pub mod logs;
 pub mod registry;
 pub mod state;
+pub mod stream;
 pub mod worker;
 
 pub use engine::{BoxFuture, Call, Caller, Engine, EngineConfig, WeakEngine};

@@ -6,13 +6,15 @@
 //! - [`listen`]: binding with TCP_NODELAY on every accepted socket.
 //! - [`worker_ws`]: the worker WebSocket (`/`, `/otel`).
 //! - [`http_api`]: the REST listener serving `http` triggers.
-//! - [`stream_port`]: the reserved stream port.
+//! - [`stream_ws`]: the stream WebSocket (`/` with join/leave, `/stream/{stream}/{group}[/{item}]`).
+//! - [`stream_port`]: the stream port's answer when the stream module is off.
 
 pub mod config;
 pub mod http_api;
 pub mod listen;
 pub mod settings;
 pub mod stream_port;
+pub mod stream_ws;
 pub mod worker_ws;
 
 use std::net::SocketAddr;
@@ -58,7 +60,12 @@ pub async fn start(
     let mut stream = None;
     if settings.stream.enabled {
         let (sl, addr) = bind_named("stream", &settings.stream.host, settings.stream.port).await?;
-        listen::serve(tasks, sl, stream_port::router(), shutdown.clone());
+        let app = if engine.streams().is_some() {
+            stream_ws::router(engine.clone())
+        } else {
+            stream_port::router()
+        };
+        listen::serve(tasks, sl, app, shutdown.clone());
         stream = Some(addr);
     }
     Ok(BoundAddrs {

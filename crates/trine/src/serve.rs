@@ -96,6 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Without a config file the state module runs with Trine's defaults.
     let mut state_config = Some(config::StateConfig::default());
     let mut state_from_file = false;
+    let mut stream_auth: Option<String> = None;
 
     if let Some(path) = &args.config {
         let file = config::load(path)
@@ -115,6 +116,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         apply_file(&mut settings, &file);
         state_config = file.state.clone();
         state_from_file = true;
+        if let Some(st) = &file.stream {
+            stream_auth = st.auth_function.clone();
+            if st.adapter.name != "kv" {
+                anyhow::bail!(
+                    "iii-stream adapter `{}` is not available in this Trine build yet; use `kv`",
+                    st.adapter.name
+                );
+            }
+            if st.adapter.config.get("store_method").is_some()
+                || st.adapter.config.get("file_path").is_some()
+            {
+                tracing::info!("iii-stream adapter settings: stream items live in the state store (one durable store per engine)");
+            }
+        }
         tracing::info!(path = %path.display(), "config file loaded");
     } else if std::path::Path::new("config.yaml").exists() {
         tracing::info!(
@@ -164,11 +179,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
 
     let engine = Engine::new(engine_config);
-    if let Some(state) = &state_config {
-        let plan = StatePlan::resolve(&args, state, state_from_file, &data_dir)?;
+    // State and streams share one store (and one group-committing writer). It is opened when
+    // either module runs; the state functions only when iii-state is on.
+    if state_config.is_some() || settings.stream.enabled {
+        let functions = state_config.is_some();
+        let state = state_config.clone().unwrap_or_default();
+        let mut plan = StatePlan::resolve(&args, &state, state_from_file && functions, &data_dir)?;
+        plan.options.functions = functions;
+        if !functions {
+            tracing::info!("state functions off (the config file does not list iii-state); the store serves streams");
+        }
         plan.start(&engine)?;
     } else {
         tracing::info!("state module off (the config file does not list iii-state)");
+    }
+    if settings.stream.enabled {
+        let options = trine_engine::stream::StreamOptions {
+            auth_function: stream_auth.clone(),
+            ..Default::default()
+        };
+        engine
+            .enable_streams(options)
+            .map_err(|e| anyhow::anyhow!("starting the stream module: {e}"))?;
     }
     let shutdown = CancellationToken::new();
     let addrs = trine_server::start(&engine, &settings, shutdown.clone()).await?;

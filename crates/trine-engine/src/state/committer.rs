@@ -191,8 +191,11 @@ pub struct Committer {
     delivery: Arc<Delivery>,
     stats: Arc<StateStats>,
     limits: CommitterLimits,
-    streams: Option<Arc<dyn StreamSink>>,
+    streams: SinkSlot,
 }
+
+/// Where the stream module plugs in once it is enabled.
+pub type SinkSlot = Arc<std::sync::OnceLock<Arc<dyn StreamSink>>>;
 
 /// One batch being assembled.
 #[derive(Default)]
@@ -226,7 +229,7 @@ impl Committer {
         delivery: Arc<Delivery>,
         stats: Arc<StateStats>,
         limits: CommitterLimits,
-        streams: Option<Arc<dyn StreamSink>>,
+        streams: SinkSlot,
     ) -> Result<(Self, Vec<NewEvent>), StoreError> {
         let seq = match store.get(Space::Meta, keys::META_SEQ)? {
             Some(b) => keys::decode_u64(&b)?,
@@ -438,7 +441,7 @@ impl Committer {
                     let _ = reply.send(Ok(()));
                 }
                 if !p.envelopes.is_empty() {
-                    if let Some(sink) = &self.streams {
+                    if let Some(sink) = self.streams.get() {
                         sink.publish(std::mem::take(&mut p.envelopes));
                     }
                 }
@@ -694,7 +697,7 @@ impl Committer {
         at: Option<(u64, Vec<u8>)>,
         ev: StreamPublish,
     ) {
-        let Some(sink) = self.streams.clone() else {
+        let Some(sink) = self.streams.get().cloned() else {
             return;
         };
         let envelope = Arc::new(json!({

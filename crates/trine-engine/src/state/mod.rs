@@ -75,6 +75,9 @@ pub struct StateOptions {
     pub delivery: DeliveryOptions,
     /// Write commands queued for the committer before writers wait.
     pub queue_capacity: usize,
+    /// Register the `state::*` functions and the `state` trigger type (off when only streams
+    /// use the store).
+    pub functions: bool,
 }
 
 impl Default for StateOptions {
@@ -84,6 +87,7 @@ impl Default for StateOptions {
             triggers_enabled: true,
             delivery: DeliveryOptions::default(),
             queue_capacity: 16_384,
+            functions: true,
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct StateModule {
     options: StateOptions,
     stats: Arc<StateStats>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    streams: committer::SinkSlot,
 }
 
 /// The JSON type name used in messages.
@@ -124,14 +129,14 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn de_error(fid: &str, detail: impl std::fmt::Display) -> ErrorBody {
+pub(crate) fn de_error(fid: &str, detail: impl std::fmt::Display) -> ErrorBody {
     ErrorBody::new(
         codes::DESERIALIZATION_ERROR,
         format!("Failed to deserialize input for {fid}: {detail}"),
     )
 }
 
-fn object<'a>(fid: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ErrorBody> {
+pub(crate) fn object<'a>(fid: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ErrorBody> {
     v.as_object().ok_or_else(|| {
         de_error(
             fid,
@@ -140,7 +145,11 @@ fn object<'a>(fid: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ErrorBo
     })
 }
 
-fn req_string(fid: &str, m: &Map<String, Value>, field: &str) -> Result<String, ErrorBody> {
+pub(crate) fn req_string(
+    fid: &str,
+    m: &Map<String, Value>,
+    field: &str,
+) -> Result<String, ErrorBody> {
     match m.get(field) {
         None => Err(de_error(fid, format!("missing field `{field}`"))),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -223,12 +232,12 @@ fn scope_and_key(fid: &str, m: &Map<String, Value>) -> Result<(String, String), 
     Ok((scope, key))
 }
 
-fn storage_error(code: &str, what: &str, e: impl std::fmt::Display) -> ErrorBody {
+pub(crate) fn storage_error(code: &str, what: &str, e: impl std::fmt::Display) -> ErrorBody {
     tracing::error!(error = %e, "state storage failure ({what})");
     ErrorBody::new(code, format!("Failed to {what}: {e}"))
 }
 
-fn write_error(code: &str, e: WriteError) -> ErrorBody {
+pub(crate) fn write_error(code: &str, e: WriteError) -> ErrorBody {
     match e {
         WriteError::VersionConflict { expected, current } => ErrorBody::new(
             codes::VERSION_CONFLICT,
@@ -251,6 +260,7 @@ impl StateModule {
         options: StateOptions,
     ) -> Result<Arc<Self>, StoreError> {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let streams: committer::SinkSlot = Arc::default();
         let stats = Arc::new(StateStats::default());
         let triggers = Arc::new(TriggerIndex::default());
         let delivery = Arc::new(Delivery::new(
@@ -272,7 +282,7 @@ impl StateModule {
                 max_value_bytes: options.max_value_bytes,
                 triggers_enabled: options.triggers_enabled,
             },
-            None,
+            streams.clone(),
         )?;
         if !recovered.is_empty() {
             let n: usize = recovered.iter().map(|e| e.targets.len()).sum();
@@ -297,10 +307,29 @@ impl StateModule {
             options,
             stats,
             thread: Mutex::new(Some(thread)),
+            streams,
         }))
     }
 
-    async fn write(
+    /// The store this module writes to.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Plugs the stream module into the committer (once).
+    pub(crate) fn set_stream_sink(&self, sink: Arc<dyn committer::StreamSink>) -> bool {
+        self.streams.set(sink).is_ok()
+    }
+
+    /// Queues an ephemeral stream event behind the writes already queued.
+    pub(crate) async fn publish(&self, ev: committer::StreamPublish) -> Result<(), WriteError> {
+        self.tx
+            .send(Command::Publish(ev))
+            .await
+            .map_err(|_| WriteError::Storage("the store is shut down".into()))
+    }
+
+    pub(crate) async fn write(
         &self,
         req: impl FnOnce(oneshot::Sender<Result<WriteOutcome, WriteError>>) -> WriteRequest,
     ) -> Result<WriteOutcome, WriteError> {
@@ -625,7 +654,11 @@ pub(crate) fn install(
     store: Arc<dyn Store>,
     options: StateOptions,
 ) -> Result<Arc<StateModule>, StoreError> {
+    let functions = options.functions;
     let module = StateModule::open(engine, store, options)?;
+    if !functions {
+        return Ok(module);
+    }
     let mut reg = engine.registry();
     let m = module.clone();
     reg.add_builtin(
