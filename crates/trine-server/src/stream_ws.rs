@@ -36,6 +36,10 @@ use trine_engine::Engine;
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// Close code for a client cut off as a slow consumer (application range).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code for a client message over the limit (RFC 6455).
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a broken WebSocket stream (RFC 6455 protocol error).
+pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code for a refused path-form subscription (RFC 6455 policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
 const WRITE_BATCH: usize = 128;
@@ -271,6 +275,8 @@ impl Conn {
         let (sink, mut source) = socket.split();
         let writer = tokio::spawn(write_loop(sink, self.queue.clone()));
         let mut refused_implicit = false;
+        // How the connection ends: "<close code> <reason>".
+        let mut end = "1000 ".to_owned();
         if let Some((sub, attach, resumed_asked, want_sync)) = implicit {
             if !self.approve(&sub, attach, resumed_asked, want_sync).await {
                 refused_implicit = true;
@@ -289,7 +295,19 @@ impl Conn {
                         continue;
                     }
                 };
-                let Some(Ok(msg)) = msg else { break };
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        end = if text.contains("too long") || text.contains("Space limit") {
+                            format!("{CLOSE_TOO_BIG} message too large (limit {MAX_CLIENT_MESSAGE} bytes)")
+                        } else {
+                            format!("{CLOSE_PROTOCOL} {}", truncate(&text, 100))
+                        };
+                        break;
+                    }
+                    None => break,
+                };
                 let text = match msg {
                     WsMessage::Text(t) => t.to_string(),
                     WsMessage::Binary(b) => match String::from_utf8(b.to_vec()) {
@@ -318,7 +336,7 @@ impl Conn {
         let close = if refused_implicit {
             format!("{CLOSE_POLICY} join refused")
         } else {
-            "1000 ".to_owned()
+            end
         };
         self.queue.push(Frame {
             bytes: bytes::Bytes::from(close),
@@ -501,7 +519,8 @@ async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, queue: Arc<Client
                     code: CLOSE_SLOW_CONSUMER,
                     reason: truncate(&reason, 123).into(),
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                // The client is not reading: give it a few seconds to take the notice.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
                     let _ = sink.feed(WsMessage::Text(notice.to_string().into())).await;
                     let _ = sink.send(WsMessage::Close(Some(close))).await;
                 })

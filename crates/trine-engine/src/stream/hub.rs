@@ -39,8 +39,8 @@ pub struct HubOptions {
 impl Default for HubOptions {
     fn default() -> Self {
         Self {
-            retention_events: 1024,
-            retention_bytes: 1 << 20,
+            retention_events: 8192,
+            retention_bytes: 4 << 20,
             client_queue_bytes: 1 << 20,
             max_groups: 100_000,
         }
