@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test Trine has, on a fresh machine too: Rust unit and engine tests, then the
 # black-box compatibility suites with the official iii SDKs (npm 0.9.0 / 0.11.6 / 0.22.1,
-# PyPI 0.25.0, crates.io 0.26.0-rc.4) against a real `trine serve`.
+# PyPI 0.25.0, crates.io 0.26.0-rc.4) against a real `trine serve`, and the seed todo app end to
+# end (three SDK generations, a WebSocket client and the live page in headless Chromium).
 # Installs the npm and pip packages it needs itself (pinned, lockfiles committed).
-# Usage: scripts/test.sh [rust|node|python|rust-sdk]...   (default: all)
+# Usage: scripts/test.sh [rust|node|python|rust-sdk|e2e]...   (default: all)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 suites=("$@")
-[ ${#suites[@]} -gt 0 ] || suites=(rust node python rust-sdk)
+[ ${#suites[@]} -gt 0 ] || suites=(rust node python rust-sdk e2e)
 
 export TRINE_BIN="$repo/target/debug/trine"
 echo "==> building trine"
@@ -35,7 +36,8 @@ for s in "${suites[@]}"; do
     node) run "node SDK compat (0.9.0, 0.11.6, 0.22.1)" bash tests/compat/node/run.sh ;;
     python) run "python SDK compat (0.25.0)" bash tests/compat/python/run.sh ;;
     rust-sdk) run "rust SDK compat (0.26.0-rc.4)" bash tests/compat/rust/run.sh ;;
-    *) echo "unknown suite: $s (rust, node, python, rust-sdk)" >&2; exit 2 ;;
+    e2e) run "seed app + live page e2e (0.9.0, 0.22.1, python, chromium)" bash tests/compat/node/e2e/run.sh ;;
+    *) echo "unknown suite: $s (rust, node, python, rust-sdk, e2e)" >&2; exit 2 ;;
   esac
 done
 
