@@ -234,8 +234,12 @@ async fn route(
             Some((sub, attach, resume.is_some(), want_sync))
         }
     };
+    // Small socket buffers: an idle subscribed client should cost a few KiB, not the 128 KiB
+    // read + write buffers WebSocket libraries default to. Writes are batched by the write loop.
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             let conn = Conn {
                 module,
