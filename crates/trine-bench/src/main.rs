@@ -3,11 +3,15 @@
 //!
 //! Layout:
 //! - `scenarios`: `http` (trigger → worker vs axum) and `roundtrip` (SDK call vs redis-benchmark).
-//! - `engine`: the engine child process (ephemeral ports, ready line, cleanup).
+//! - `state`: `state-set` (durable writes vs the disk's fsync ceiling), `state-get` (vs
+//!   redis-benchmark), `trigger-latency` (write → state trigger handler), `state-memory` (1 M
+//!   keys: memory, disk, restart-to-ready).
+//! - `engine`: the engine child process (ephemeral ports, ready line, SIGTERM/SIGKILL, restart on
+//!   the same data dir, cleanup).
 //! - `load`: closed-loop load driver with warm-up and measured windows.
 //! - `http_client`: keep-alive HTTP/1.1 connection per load task.
 //! - `histogram`: fixed-bucket latency histogram.
-//! - `yardstick`: in-process axum hello-world, `redis-benchmark` runner.
+//! - `yardstick`: in-process axum hello-world, `redis-benchmark` runner, fsync probe.
 //! - `report`: markdown tables.
 
 mod engine;
@@ -16,6 +20,7 @@ mod http_client;
 mod load;
 mod report;
 mod scenarios;
+mod state;
 mod yardstick;
 
 use std::path::PathBuf;
@@ -23,8 +28,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::engine::{locate_binary, EngineProcess};
+use crate::engine::{locate_binary, EngineProcess, EngineSpec};
 use crate::scenarios::Settings;
+use crate::state::StateSettings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +62,37 @@ struct Cli {
     /// `-n` of each redis-benchmark run.
     #[arg(long, global = true, default_value_t = 200_000)]
     redis_requests: u64,
+    /// Directory for the engine's working directory (data dir, log) and the fsync probe: put it
+    /// on the disk to measure [default: the system temp dir].
+    #[arg(long, global = true)]
+    bench_dir: Option<PathBuf>,
+    /// `--state-store` of the engine (`file_based` or `in_memory`) [default: the engine's].
+    #[arg(long, global = true)]
+    state_store: Option<String>,
+    /// Extra argument for `trine serve` (repeatable), e.g. `--engine-arg=--threads=2`.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    engine_arg: Vec<String>,
+    /// Concurrent writers of `state-set` (and of the loaders of `state-get` / `state-memory`).
+    #[arg(long, global = true, default_value_t = 64)]
+    writers: usize,
+    /// Worker connections the writers are spread over.
+    #[arg(long, global = true, default_value_t = 4)]
+    connections: usize,
+    /// Compact JSON bytes of each state value.
+    #[arg(long, global = true, default_value_t = 200)]
+    value_bytes: usize,
+    /// Keys loaded by `state-memory`.
+    #[arg(long, global = true, default_value_t = 1_000_000)]
+    keys: u64,
+    /// Keys pre-filled for `state-get`.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    get_keys: u64,
+    /// Writes per second of `trigger-latency` (open loop).
+    #[arg(long, global = true, default_value_t = 1000.0)]
+    trigger_rate: f64,
+    /// Seconds of each fsync probe (`state-set`).
+    #[arg(long, global = true, default_value_t = 3.0)]
+    fsync_seconds: f64,
 }
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq)]
@@ -64,8 +101,18 @@ enum Scenario {
     Http,
     /// trine-sdk `call("engine::echo")` round trips vs `redis-benchmark -t get`.
     Roundtrip,
-    /// Both.
+    /// `http` and `roundtrip` (not the state scenarios: see `state`).
     All,
+    /// Acknowledged durable `state::set` from concurrent writers vs the disk's fsync ceiling.
+    StateSet,
+    /// `state::get` from a trine-sdk worker vs `redis-benchmark -t get`.
+    StateGet,
+    /// Open-loop writes → `state` trigger handler invoked.
+    TriggerLatency,
+    /// 1 M keys: load rate, memory vs data size, disk use, restart-to-ready (SIGTERM, SIGKILL).
+    StateMemory,
+    /// All four state scenarios (a few minutes).
+    State,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,19 +136,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let binary = locate_binary(cli.trine_bin.as_deref());
     print_machine(&binary, &settings);
+    let mut extra_args = Vec::new();
+    if let Some(store) = &cli.state_store {
+        extra_args.push(format!("--state-store={store}"));
+    }
+    extra_args.extend(cli.engine_arg.iter().cloned());
+    let spec = EngineSpec {
+        binary,
+        extra_args,
+        base_dir: cli.bench_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let state_settings = StateSettings {
+        writers: cli.writers.max(1),
+        connections: cli.connections.max(1),
+        value_bytes: cli.value_bytes,
+        memory_keys: cli.keys.max(1),
+        get_keys: cli.get_keys.max(1),
+        trigger_rate: cli.trigger_rate.max(1.0),
+        fsync_duration: Duration::from_secs_f64(cli.fsync_seconds.max(0.1)),
+    };
 
-    let engine = EngineProcess::spawn(&binary)?;
-    if matches!(cli.command, Scenario::Http | Scenario::All) {
-        scenarios::http(&settings, &engine).await?;
+    use Scenario::*;
+    let cmd = cli.command;
+    if matches!(cmd, Http | Roundtrip | All) {
+        let engine = EngineProcess::start(spec.clone())?;
+        if matches!(cmd, Http | All) {
+            scenarios::http(&settings, &engine).await?;
+        }
+        if matches!(cmd, Roundtrip | All) {
+            scenarios::roundtrip(&settings, &engine).await?;
+        }
+        print_peak_rss(&engine);
     }
-    if matches!(cli.command, Scenario::Roundtrip | Scenario::All) {
-        scenarios::roundtrip(&settings, &engine).await?;
+    if matches!(cmd, StateSet | StateGet | TriggerLatency | State) {
+        let engine = EngineProcess::start(spec.clone())?;
+        state::print_storage(&engine);
+        if matches!(cmd, StateSet | State) {
+            state::state_set(&settings, &state_settings, &engine).await?;
+        }
+        if matches!(cmd, StateGet | State) {
+            state::state_get(&settings, &state_settings, &engine).await?;
+        }
+        if matches!(cmd, TriggerLatency | State) {
+            state::trigger_latency(&settings, &state_settings, &engine).await?;
+        }
+        print_peak_rss(&engine);
     }
+    if matches!(cmd, StateMemory | State) {
+        // A fresh engine and data dir: the memory figures are for this data set alone.
+        let mut engine = EngineProcess::start(spec)?;
+        if cmd == StateMemory {
+            state::print_storage(&engine);
+        }
+        state::state_memory(&settings, &state_settings, &mut engine).await?;
+    }
+    Ok(())
+}
+
+fn print_peak_rss(engine: &EngineProcess) {
     if let Some(kib) = engine.peak_rss_kib() {
         println!();
         println!("engine peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
-    Ok(())
 }
 
 fn print_machine(binary: &std::path::Path, s: &Settings) {

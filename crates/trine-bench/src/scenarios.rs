@@ -1,4 +1,5 @@
-//! The two scenarios: HTTP trigger vs axum, and worker call round trip vs redis-benchmark.
+//! The two hot-path scenarios: HTTP trigger vs axum, and worker call round trip vs redis-benchmark
+//! (the state scenarios live in `state`), and the helpers they share.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ pub struct Settings {
 }
 
 /// A current-thread runtime for 1 thread, else a multi-thread one; threads named `name`.
-fn build_runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn build_runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -38,7 +39,7 @@ fn build_runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::R
 
 /// Runs `f` on a dedicated load-generator runtime (`client_threads` threads, named `bench-load`)
 /// so the generator's CPU use is bounded and separate from the servers it loads.
-async fn on_client_runtime<F, Fut, T>(threads: usize, f: F) -> anyhow::Result<T>
+pub(crate) async fn on_client_runtime<F, Fut, T>(threads: usize, f: F) -> anyhow::Result<T>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<T>>,
@@ -57,7 +58,7 @@ where
     rx.await.context("load generator thread failed")?
 }
 
-fn worker_options() -> WorkerOptions {
+pub(crate) fn worker_options() -> WorkerOptions {
     WorkerOptions {
         name: Some("trine-bench".into()),
         ..Default::default()
@@ -69,7 +70,7 @@ fn worker_options() -> WorkerOptions {
 
 /// `GET /hello` through an http trigger and a trine-sdk worker, vs axum serving the same body.
 pub async fn http(settings: &Settings, engine: &EngineProcess) -> anyhow::Result<()> {
-    let _worker = HelloWorker::start(&engine.worker_url, settings.worker_threads).await?;
+    let _worker = hello_worker(&engine.worker_url, settings.worker_threads).await?;
     let body = serde_json::to_vec(&hello_body())?;
     let trine = Target::new(&engine.http_url, "/hello", &body)?;
     wait_until_served(&trine).await?;
@@ -104,15 +105,19 @@ pub async fn http(settings: &Settings, engine: &EngineProcess) -> anyhow::Result
     Ok(())
 }
 
-/// The trine-sdk worker serving `bench::hello` behind `GET /hello`, on its own runtime thread(s)
-/// (`bench-worker`), like a separate worker process would be. Stops when dropped.
-struct HelloWorker {
+/// A trine-sdk worker on its own runtime thread(s) (`bench-worker`), like a separate worker
+/// process would be: `setup` registers its functions and triggers once connected. Stops (and
+/// shuts the worker down) when dropped.
+pub(crate) struct WorkerThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl HelloWorker {
-    async fn start(url: &str, threads: usize) -> anyhow::Result<Self> {
+impl WorkerThread {
+    pub(crate) async fn start<S>(url: &str, threads: usize, setup: S) -> anyhow::Result<Self>
+    where
+        S: FnOnce(&Worker) + Send + 'static,
+    {
         let url = url.to_owned();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -134,14 +139,7 @@ impl HelloWorker {
                             return;
                         }
                     };
-                    worker.register_function("bench::hello", |_req: Value| async move {
-                        Ok::<_, ErrorBody>(hello_body())
-                    });
-                    worker.register_trigger(
-                        "http",
-                        "bench::hello",
-                        json!({"api_path": "/hello", "http_method": "GET"}),
-                    );
+                    setup(&worker);
                     let _ = ready_tx.send(Ok(()));
                     let _ = stop_rx.await;
                     worker.shutdown().await;
@@ -155,7 +153,7 @@ impl HelloWorker {
     }
 }
 
-impl Drop for HelloWorker {
+impl Drop for WorkerThread {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -164,6 +162,21 @@ impl Drop for HelloWorker {
             let _ = thread.join();
         }
     }
+}
+
+/// The worker serving `bench::hello` behind `GET /hello`.
+async fn hello_worker(url: &str, threads: usize) -> anyhow::Result<WorkerThread> {
+    WorkerThread::start(url, threads, |worker| {
+        worker.register_function("bench::hello", |_req: Value| async move {
+            Ok::<_, ErrorBody>(hello_body())
+        });
+        worker.register_trigger(
+            "http",
+            "bench::hello",
+            json!({"api_path": "/hello", "http_method": "GET"}),
+        );
+    })
+    .await
 }
 
 /// The trigger registration is asynchronous: poll until the route answers.
@@ -296,7 +309,7 @@ async fn roundtrip_load(
 }
 
 /// Engine CPU over the whole run (warm-up included) divided by every request of the run.
-fn engine_cpu_per_request(
+pub(crate) fn engine_cpu_per_request(
     before: Option<Duration>,
     after: Option<Duration>,
     m: &Measurement,
@@ -305,7 +318,7 @@ fn engine_cpu_per_request(
     (m.all_requests > 0).then(|| used / u32::try_from(m.all_requests).unwrap_or(u32::MAX))
 }
 
-fn report_errors(what: &str, m: &Measurement) {
+pub(crate) fn report_errors(what: &str, m: &Measurement) {
     if m.errors > 0 {
         eprintln!(
             "warning: {what} c={}: {} failed requests (first: {})",

@@ -1,8 +1,10 @@
-//! The reference points measured in the same run: a bare axum hello-world server (in-process) and
-//! `redis-benchmark` against the local Redis.
+//! The reference points measured in the same run: a bare axum hello-world server (in-process),
+//! `redis-benchmark` against the local Redis, and the disk's fsync rate (`fsync_probe`).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
@@ -95,6 +97,82 @@ fn parse_quiet_output(text: &str) -> Option<(f64, Option<f64>)> {
     Some((rps, p50))
 }
 
+/// How the fsync probe writes before each `fdatasync`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FsyncMode {
+    /// 128 B `pwrite` at offset 0 of a pre-allocated file (data block only).
+    Overwrite,
+    /// 128 B appended at the end of the file (the file grows: data + size, like a log).
+    Append,
+}
+
+/// One fsync probe run.
+pub struct FsyncRun {
+    pub mode: FsyncMode,
+    pub syncs: u64,
+    pub elapsed: Duration,
+    /// Latency of each write + `fdatasync`.
+    pub histogram: crate::histogram::Histogram,
+}
+
+impl FsyncRun {
+    pub fn per_second(&self) -> f64 {
+        self.syncs as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The disk's fsync ceiling: a loop of 128 B write + `fdatasync` (`File::sync_data`) on a file in
+/// `dir` for `duration` (blocking). The file is removed afterwards.
+pub fn fsync_probe(dir: &Path, mode: FsyncMode, duration: Duration) -> std::io::Result<FsyncRun> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(match mode {
+        FsyncMode::Overwrite => "fsync-probe-overwrite",
+        FsyncMode::Append => "fsync-probe-append",
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let record = [b'x'; 128];
+    // Allocate the block and make the file itself durable before timing anything.
+    file.write_all_at(&record, 0)?;
+    file.sync_all()?;
+    let mut offset = record.len() as u64;
+    let mut histogram = crate::histogram::Histogram::default();
+    let mut syncs = 0;
+    let started = Instant::now();
+    let outcome = loop {
+        let t0 = Instant::now();
+        if t0.duration_since(started) >= duration {
+            break Ok(());
+        }
+        let at = match mode {
+            FsyncMode::Overwrite => 0,
+            FsyncMode::Append => offset,
+        };
+        if let Err(e) = file
+            .write_all_at(&record, at)
+            .and_then(|()| file.sync_data())
+        {
+            break Err(e);
+        }
+        offset += record.len() as u64;
+        histogram.record(t0.elapsed());
+        syncs += 1;
+    };
+    let elapsed = started.elapsed();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    outcome.map(|()| FsyncRun {
+        mode,
+        syncs,
+        elapsed,
+        histogram,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +190,16 @@ mod tests {
             parse_quiet_output("Could not connect to Redis at 127.0.0.1:6379"),
             None
         );
+    }
+
+    #[test]
+    fn fsync_probe_counts_syncs() {
+        let dir = std::env::temp_dir();
+        for mode in [FsyncMode::Overwrite, FsyncMode::Append] {
+            let run = fsync_probe(&dir, mode, Duration::from_millis(50)).expect("probe");
+            assert!(run.syncs > 0);
+            assert_eq!(run.histogram.count(), run.syncs);
+            assert!(run.per_second() > 0.0);
+        }
     }
 }
