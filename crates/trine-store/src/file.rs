@@ -3,12 +3,16 @@
 //! One redb file, `trine.redb`, in the store's directory; one redb table per [`Space`], all
 //! created when the store opens. A [`Batch`] is one redb write transaction.
 //!
+//! Every batch is first appended to a write-ahead log (`trine.wal`, see [`crate::wal`]) and then
+//! applied to redb without an fsync; a *checkpoint* (one durable redb commit, then emptying the
+//! log) runs when the log passes [`FileStoreOptions::checkpoint_bytes`], at open and on drop.
+//!
 //! Guarantees, beyond the [`Store`] contract:
-//! - `commit(.., true)` returns after redb's fsync'd commit: the batch and every batch before it
-//!   survive a crash. `commit(.., false)` is atomic and visible to readers at once but lives only
-//!   in the OS page cache until the next synced commit or [`Store::sync`] (redb's
-//!   `Durability::None`); a crash before that loses it together with every later unsynced batch,
-//!   never part of one. Dropping the store syncs.
+//! - `commit(.., true)` returns after the log is fsync'd: the batch and every batch before it
+//!   survive a crash (recovery replays the log on top of redb's last checkpoint).
+//!   `commit(.., false)` is atomic and visible to readers at once; it becomes durable with the
+//!   next synced commit or [`Store::sync`]; a crash before that loses it together with every later
+//!   unsynced batch, never part of one. Dropping the store checkpoints.
 //! - Reads run in redb MVCC read transactions: they see the last committed batch and never wait
 //!   for a writer, its fsync included.
 //! - Disk stays bounded under overwrites without maintenance: pages a commit frees are reused
@@ -27,10 +31,13 @@ use std::time::Instant;
 
 use redb::{Durability, ReadableDatabase, TableDefinition};
 
+use crate::wal::Wal;
 use crate::{Batch, BatchOp, Entry, Space, Store, StoreError, StoreInfo};
 
 /// Name of the redb file inside the store's directory.
 const FILE_NAME: &str = "trine.redb";
+/// Name of the write-ahead log inside the store's directory.
+const WAL_NAME: &str = "trine.wal";
 
 /// Tuning of the file adapter.
 #[derive(Debug, Clone)]
@@ -38,24 +45,37 @@ pub struct FileStoreOptions {
     /// Bytes of cache the storage engine may use, for reads and for pages written but not yet
     /// flushed (redb keeps the two together under this bound).
     pub cache_bytes: u64,
+    /// Size of the write-ahead log that triggers a checkpoint (a durable redb commit, then an
+    /// empty log). Larger: fewer checkpoint pauses, longer replay after a crash.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for FileStoreOptions {
     fn default() -> Self {
         Self {
             cache_bytes: 64 << 20,
+            checkpoint_bytes: 64 << 20,
         }
     }
+}
+
+/// The writer's side: the log and what is not yet durable. Held across every write, so the log
+/// and redb see batches in the same order; readers never take it.
+struct Writer {
+    wal: Wal,
+    /// Records appended since the last fsync of the log.
+    unsynced: bool,
+    /// Set when redb refused a batch that is already in the log: replaying the log later would
+    /// reorder it, so the store takes no more writes (reopening recovers).
+    poisoned: bool,
 }
 
 /// Durable store in a directory, backed by one redb file.
 pub struct FileStore {
     db: redb::Database,
     dir: PathBuf,
-    /// Whether an unsynced commit happened since the last synced one (`sync()` has work to do).
-    /// Held across every write transaction, so the flag and the file agree; readers never take
-    /// it, and writers are serialized by redb anyway.
-    unsynced: Mutex<bool>,
+    writer: Mutex<Writer>,
+    checkpoint_bytes: u64,
 }
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -100,57 +120,41 @@ impl FileStore {
                 "store repaired"
             );
         }
+        // Room for a full log plus one large batch before the file has to grow.
+        let prealloc = options.checkpoint_bytes.max(1 << 20) + (8 << 20);
+        let (wal, pending) = Wal::open(&dir.join(WAL_NAME), prealloc)?;
         let store = FileStore {
             db,
             dir: dir.to_path_buf(),
-            unsynced: Mutex::new(false),
+            writer: Mutex::new(Writer {
+                wal,
+                unsynced: false,
+                poisoned: false,
+            }),
+            checkpoint_bytes: options.checkpoint_bytes.max(1),
         };
         store.create_tables()?;
+        if !pending.is_empty() {
+            let started = Instant::now();
+            let n = pending.len();
+            for batch in &pending {
+                store.apply(batch, Durability::None)?;
+            }
+            let mut w = store.lock_writer();
+            store.checkpoint(&mut w)?;
+            tracing::info!(
+                batches = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "store: replayed the write-ahead log"
+            );
+        }
         Ok(store)
     }
 
-    /// Total size of the files in the store's directory, in bytes (for benchmarks and stats).
-    pub fn disk_bytes(&self) -> u64 {
-        dir_bytes(&self.dir)
-    }
-
-    /// Opening a table in a write transaction creates it; readers can then rely on every
-    /// space's table existing.
-    fn create_tables(&self) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(map_err)?;
-        for space in Space::ALL {
-            tx.open_table(table(space)).map_err(map_err)?;
-        }
-        tx.commit().map_err(map_err)
-    }
-
-    fn lock_unsynced(&self) -> MutexGuard<'_, bool> {
-        self.unsynced.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read_table(
-        &self,
-        space: Space,
-    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
-        let tx = self.db.begin_read().map_err(map_err)?;
-        tx.open_table(table(space)).map_err(map_err)
-    }
-}
-
-impl Store for FileStore {
-    fn commit(&self, batch: Batch, sync: bool) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            // Still a durability point for the batches before it.
-            return if sync { self.sync() } else { Ok(()) };
-        }
-        let mut unsynced = self.lock_unsynced();
+    /// Applies a batch as one redb transaction.
+    fn apply(&self, batch: &Batch, durability: Durability) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(map_err)?;
-        tx.set_durability(if sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(map_err)?;
+        tx.set_durability(durability).map_err(map_err)?;
         {
             // Each space's table is opened once per transaction, on first use.
             let mut tables: [Option<redb::Table<&[u8], &[u8]>>; Space::ALL.len()] =
@@ -175,9 +179,74 @@ impl Store for FileStore {
                 }
             }
         }
+        tx.commit().map_err(map_err)
+    }
+
+    /// Makes redb durable up to now (one fsync'd commit), then empties the log.
+    fn checkpoint(&self, w: &mut Writer) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(map_err)?;
+        tx.set_durability(Durability::Immediate).map_err(map_err)?;
         tx.commit().map_err(map_err)?;
-        // A synced commit makes every earlier one durable too.
-        *unsynced = !sync;
+        w.wal.truncate()?;
+        w.unsynced = false;
+        Ok(())
+    }
+
+    /// Total size of the files in the store's directory, in bytes (for benchmarks and stats).
+    pub fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.dir)
+    }
+
+    /// Opening a table in a write transaction creates it; readers can then rely on every
+    /// space's table existing.
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(map_err)?;
+        for space in Space::ALL {
+            tx.open_table(table(space)).map_err(map_err)?;
+        }
+        tx.commit().map_err(map_err)
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_table(
+        &self,
+        space: Space,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        let tx = self.db.begin_read().map_err(map_err)?;
+        tx.open_table(table(space)).map_err(map_err)
+    }
+}
+
+impl Store for FileStore {
+    fn commit(&self, batch: Batch, sync: bool) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            // Still a durability point for the batches before it.
+            return if sync { self.sync() } else { Ok(()) };
+        }
+        let mut w = self.lock_writer();
+        if w.poisoned {
+            return Err(StoreError::Engine(
+                "the store refused a logged write earlier; reopen it to recover".into(),
+            ));
+        }
+        w.wal.append(&batch)?;
+        if sync {
+            w.wal.sync()?;
+            w.unsynced = false;
+        } else {
+            w.unsynced = true;
+        }
+        if let Err(e) = self.apply(&batch, Durability::None) {
+            w.poisoned = true;
+            tracing::error!(error = %e, path = %w.wal.path().display(), "store: a logged batch could not be applied; refusing further writes until reopened");
+            return Err(e);
+        }
+        if w.wal.bytes >= self.checkpoint_bytes {
+            self.checkpoint(&mut w)?;
+        }
         Ok(())
     }
 
@@ -228,16 +297,11 @@ impl Store for FileStore {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let mut unsynced = self.lock_unsynced();
-        if !*unsynced {
-            return Ok(());
+        let mut w = self.lock_writer();
+        if w.unsynced {
+            w.wal.sync()?;
+            w.unsynced = false;
         }
-        // An empty transaction committed with Immediate durability fsyncs the file with the
-        // unsynced commits before it.
-        let mut tx = self.db.begin_write().map_err(map_err)?;
-        tx.set_durability(Durability::Immediate).map_err(map_err)?;
-        tx.commit().map_err(map_err)?;
-        *unsynced = false;
         Ok(())
     }
 
@@ -256,8 +320,16 @@ impl Store for FileStore {
 
 impl Drop for FileStore {
     fn drop(&mut self) {
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "store: final sync failed; unsynced batches may be lost");
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.poisoned {
+            return;
+        }
+        // A checkpoint leaves an empty log, so the next open has nothing to replay.
+        if let Err(e) = self.checkpoint(&mut w) {
+            tracing::error!(error = %e, "store: final checkpoint failed; the log will be replayed at the next open");
+            if let Err(e) = w.wal.sync() {
+                tracing::error!(error = %e, "store: final log sync failed; unsynced batches may be lost");
+            }
         }
     }
 }
@@ -360,8 +432,17 @@ mod tests {
 
     #[test]
     fn disk_stays_bounded_under_overwrites() {
+        // The log is bounded by `checkpoint_bytes`; redb reuses pages freed before a checkpoint.
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path(), FileStoreOptions::default()).unwrap();
+        let checkpoint_bytes = 256 * 1024;
+        let store = FileStore::open(
+            dir.path(),
+            FileStoreOptions {
+                checkpoint_bytes,
+                ..FileStoreOptions::default()
+            },
+        )
+        .unwrap();
         let value = vec![7u8; 200];
         let write_round = |round: u8| {
             for chunk in 0..10u32 {
@@ -378,16 +459,18 @@ mod tests {
                 store.commit(b, true).unwrap();
             }
         };
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
         write_round(0);
-        let after_first = store.disk_bytes();
+        let (db_first, wal_first) = (size(FILE_NAME), size(WAL_NAME));
         for round in 1..20 {
             write_round(round);
         }
-        let after_all = store.disk_bytes();
+        let (db_all, wal_all) = (size(FILE_NAME), size(WAL_NAME));
         assert!(
-            after_all <= after_first * 2,
-            "file grew from {after_first} to {after_all} bytes under overwrites"
+            db_all <= db_first * 2 + checkpoint_bytes,
+            "the redb file grew from {db_first} to {db_all} bytes under overwrites"
         );
+        assert_eq!(wal_all, wal_first, "the preallocated log does not grow");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`file`]: [`FileStore`], the embedded durable default on redb (see `docs/storage.md` for the
 //!   engine choice): a batch committed with `sync = true` is on stable storage when `commit`
 //!   returns.
+//! - [`wal`]: the file store's write-ahead log (batches since its last checkpoint).
 //! - [`conformance`]: the suite every adapter must pass (run by each adapter's tests;
 //!   `tests/crash.rs` adds a kill -9 test of [`FileStore`]).
 //!
@@ -23,6 +24,7 @@
 pub mod conformance;
 pub mod file;
 pub mod memory;
+pub mod wal;
 
 pub use file::{FileStore, FileStoreOptions};
 pub use memory::MemoryStore;
