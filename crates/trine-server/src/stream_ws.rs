@@ -342,7 +342,7 @@ impl Conn {
         } else {
             end
         };
-        self.queue.push(Frame {
+        self.queue.push_unbudgeted(Frame {
             bytes: bytes::Bytes::from(close),
             group: None,
             epoch: None,
@@ -353,7 +353,7 @@ impl Conn {
 
     fn error(&self, code: &str, message: &str) {
         let v = json!({"type": "error", "error": {"code": code, "message": message}});
-        self.queue.push(StreamHub::frame_for(&v, None));
+        self.queue.push_unbudgeted(StreamHub::frame_for(&v, None));
     }
 
     /// Runs the join triggers of a held subscription and releases it (with its first frame), or
@@ -370,7 +370,7 @@ impl Conn {
         if !ok {
             self.hub.detach(self.client_id, &sub.subscription_id, s, g);
             let env = StreamModule::envelope(s, g, i, json!({"type": "unauthorized"}));
-            self.queue.push(StreamHub::frame_for(&env, None));
+            self.queue.push_unbudgeted(StreamHub::frame_for(&env, None));
             return false;
         }
         let first = match attach {
@@ -426,6 +426,15 @@ impl Conn {
         };
         match ty {
             "join" => {
+                // Joining with an id already in use replaces that subscription (stream.md §4.3).
+                if let Some(old) = self.subs.remove(&sub.subscription_id) {
+                    self.hub.detach(
+                        self.client_id,
+                        &old.subscription_id,
+                        &old.stream_name,
+                        &old.group_id,
+                    );
+                }
                 let last_seq = data
                     .get("lastSeq")
                     .or(data.get("last_seq"))

@@ -106,14 +106,16 @@ impl ClientQueue {
         }
     }
 
-    /// Queues a frame. Returns false when the client is over its budget (it is then closed and
-    /// its queued frames dropped; the caller counts the overflow).
+    /// Queues a live frame. Returns false when the client is over its budget (it is then
+    /// closed and its queued frames dropped; the caller counts the overflow). The budget bounds
+    /// the live backlog: one frame is always admitted when no live frame is waiting, however
+    /// large it is, so a big item never cuts off a client that keeps up.
     pub fn push(&self, frame: Frame) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return true;
         }
         let mut q = lock(&self.inner);
-        if q.bytes + frame.bytes.len() > self.budget {
+        if q.bytes > 0 && q.bytes + frame.bytes.len() > self.budget {
             q.overflow = Some(Overflow {
                 queued_bytes: q.bytes,
             });
@@ -129,6 +131,16 @@ impl ClientQueue {
         drop(q);
         self.notify.notify_one();
         true
+    }
+
+    /// Queues a frame outside the budget: a snapshot, a resume backlog (bounded by the retention
+    /// log) or a notice, which the client asked for by connecting.
+    pub fn push_unbudgeted(&self, frame: Frame) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        lock(&self.inner).frames.push_back(frame);
+        self.notify.notify_one();
     }
 
     /// Cuts the client off (its held frames went over the budget).
@@ -314,7 +326,7 @@ impl StreamHub {
                 }
                 if let Some((held, bytes)) = &mut s.held {
                     *bytes += frame.bytes.len();
-                    if *bytes > self.options.client_queue_bytes {
+                    if *bytes > self.options.client_queue_bytes && *bytes > frame.bytes.len() {
                         s.client.cut();
                         cut.push(s.client_id);
                     } else {
@@ -395,11 +407,12 @@ impl StreamHub {
             held: None,
         };
         if held {
-            let bytes = backlog.iter().map(|f| f.bytes.len()).sum();
-            sub.held = Some((backlog, bytes));
+            // The resume backlog is bounded by the retention log; only live frames that arrive
+            // during the hold count against the client's budget.
+            sub.held = Some((backlog, 0));
         } else {
             for f in backlog {
-                client.push(f);
+                client.push_unbudgeted(f);
             }
         }
         g.subs.push(sub);
@@ -429,10 +442,10 @@ impl StreamHub {
         };
         let held = s.held.take().map(|(f, _)| f).unwrap_or_default();
         if let Some(f) = first {
-            s.client.push(f);
+            s.client.push_unbudgeted(f);
         }
         for f in held {
-            s.client.push(f);
+            s.client.push_unbudgeted(f);
         }
         true
     }
@@ -603,6 +616,11 @@ mod tests {
         });
         let (slow_id, slow) = hub.client();
         let (fast_id, fast) = hub.client();
+        // One frame larger than the whole budget still reaches a client that keeps up.
+        let (big_id, big) = hub.client();
+        hub.attach(big_id, &big, "b", "s", "big", None, None, false);
+        hub.publish(vec![Arc::new(json!({"streamName": "s", "groupId": "big", "id": null, "event": {"data": "x".repeat(5000)}}))]);
+        assert!(!big.is_closed());
         hub.attach(slow_id, &slow, "s", "s", "g", None, None, false);
         hub.attach(fast_id, &fast, "s", "s", "g", None, None, false);
         for n in 0..50 {
@@ -615,7 +633,8 @@ mod tests {
             hub.stats.slow_consumer_disconnects.load(Ordering::Relaxed),
             1
         );
-        assert_eq!(hub.subscriptions(), 1);
+        // The slow one is gone; the fast and the big-frame subscriptions remain.
+        assert_eq!(hub.subscriptions(), 2);
     }
 
     #[test]
