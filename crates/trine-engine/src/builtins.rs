@@ -24,6 +24,17 @@ where
     Arc::new(move |e, c, v| Box::pin(f(e, c, v)))
 }
 
+/// A built-in bound to a module instance: `f(module, payload)`.
+pub(crate) fn bound<M, F, Fut>(module: &Arc<M>, f: F) -> BuiltinFn
+where
+    M: Send + Sync + 'static,
+    F: Fn(Arc<M>, Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = CallOutcome> + Send + 'static,
+{
+    let module = module.clone();
+    builtin(move |_, _, v| f(module.clone(), v))
+}
+
 /// Registers every built-in function.
 pub(crate) fn install(reg: &mut Registry) {
     reg.add_builtin(

@@ -127,7 +127,8 @@ fn strip(v: &mut Value) {
 // The engine process
 
 struct EngineProcess {
-    child: Child,
+    /// Shared with the [`KillSwitch`] so a writer task can kill the engine.
+    child: Arc<Mutex<Child>>,
     run: usize,
     worker_url: String,
     log: PathBuf,
@@ -216,7 +217,7 @@ impl EngineProcess {
             .ok_or_else(|| (format!("ready line has no worker_url: {ready}"), false))?
             .to_owned();
         Ok(EngineProcess {
-            child,
+            child: Arc::new(Mutex::new(child)),
             run,
             worker_url,
             log,
@@ -233,8 +234,26 @@ impl EngineProcess {
 
     /// SIGKILL (what `Child::kill` sends on unix), then reap.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Kills the engine once, from whichever task gets there first.
+struct KillSwitch {
+    child: Arc<Mutex<Child>>,
+    /// The kill is due: in "kill on acknowledgement" mode the next writer to get an answer fires.
+    armed: AtomicBool,
+    /// SIGKILL was sent (or is being sent): errors from here on are the kill's doing.
+    fired: AtomicBool,
+}
+
+impl KillSwitch {
+    fn fire(&self) {
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            let _ = self.child.lock().unwrap_or_else(|e| e.into_inner()).kill();
+        }
     }
 }
 
@@ -285,7 +304,7 @@ async fn writer(
     worker: Worker,
     run: usize,
     mut keys: Vec<KeyState>,
-    kill_started: Arc<AtomicBool>,
+    switch: Arc<KillSwitch>,
     killed: CancellationToken,
 ) -> (Vec<KeyState>, Vec<String>, u64) {
     let mut violations = Vec::new();
@@ -325,10 +344,13 @@ async fn writer(
                     ks.acked.push((n, run));
                     ks.current = value;
                     acked += 1;
+                    if switch.armed.load(Ordering::SeqCst) {
+                        switch.fire();
+                    }
                 }
                 Some(Err(e)) => {
                     ks.unknown.insert(n);
-                    if !kill_started.load(Ordering::SeqCst) {
+                    if !switch.fired.load(Ordering::SeqCst) {
                         violations.push(format!(
                             "run {run}: state::set of key {} n={n} failed before the kill: {e}",
                             ks.key
@@ -415,10 +437,12 @@ impl Ctx {
                      was acknowledged (in run {last_run})",
                     ks.key
                 )),
-                (Some(_), _) if v["w"] != json!(ks.owner) || v["pad"] != true => problems.push(format!(
-                    "key {}: state::get returned {v}: not written by its owner {} (or corrupt)",
-                    ks.key, ks.owner
-                )),
+                (Some(_), _) if v["w"] != json!(ks.owner) || v["pad"] != true => {
+                    problems.push(format!(
+                        "key {}: state::get returned {v}: not written by its owner {} (or corrupt)",
+                        ks.key, ks.owner
+                    ))
+                }
                 (Some(n), Some((last_n, last_run))) if n < last_n => problems.push(format!(
                     "key {}: LOST ACKNOWLEDGED WRITE: state::get returns n={n} but n={last_n} \
                      was acknowledged (in run {last_run}); acknowledged counters after {n}: {:?}",
@@ -629,9 +653,21 @@ impl Ctx {
         }
     }
 
-    /// Writers until a random kill; returns (writes acknowledged, kill delay).
-    async fn load_and_kill(&mut self, run: usize, kill_after: Duration) -> Result<u64, String> {
-        let kill_started = Arc::new(AtomicBool::new(false));
+    /// Writers until the kill; returns the number of writes acknowledged. The kill comes
+    /// `kill_after` into the load or, with `on_ack`, right when a writer gets its first answer
+    /// after that: the moment an acknowledged write must already be durable.
+    async fn load_and_kill(
+        &mut self,
+        run: usize,
+        kill_after: Duration,
+        on_ack: bool,
+    ) -> Result<u64, String> {
+        let engine = self.engine.as_ref().expect("engine running");
+        let switch = Arc::new(KillSwitch {
+            child: engine.child.clone(),
+            armed: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+        });
         let killed = CancellationToken::new();
         let mut per_writer: Vec<Vec<KeyState>> = (0..WRITERS).map(|_| Vec::new()).collect();
         for ks in self.keys.drain(..) {
@@ -644,15 +680,22 @@ impl Ctx {
                     self.worker.clone(),
                     run,
                     keys,
-                    kill_started.clone(),
+                    switch.clone(),
                     killed.clone(),
                 ))
             })
             .collect();
         tokio::time::sleep(kill_after).await;
         // Writers keep going until the process is gone, so the kill lands at a random point of
-        // the engine's work; an error from then on is the kill's doing.
-        kill_started.store(true, Ordering::SeqCst);
+        // the engine's work.
+        if on_ack {
+            switch.armed.store(true, Ordering::SeqCst);
+            let armed = Instant::now();
+            while !switch.fired.load(Ordering::SeqCst) && armed.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        switch.fire();
         if let Some(e) = self.engine.as_mut() {
             e.kill();
         }
@@ -714,7 +757,8 @@ async fn run_test(
     for iteration in 1..=iterations {
         let load_run = iteration - 1;
         let kill_after = Duration::from_millis(rng.range(KILL_AFTER_MS.clone()));
-        let acked = ctx.load_and_kill(load_run, kill_after).await?;
+        let on_ack = iteration % 4 >= 2;
+        let acked = ctx.load_and_kill(load_run, kill_after, on_ack).await?;
         total_acked += acked;
         let in_flight: usize = ctx
             .keys
@@ -745,8 +789,9 @@ async fn run_test(
             "next load starts at once".to_owned()
         };
         println!(
-            "crash {iteration}/{iterations}: kill after {} ms, {acked} writes acknowledged \
+            "crash {iteration}/{iterations}: kill {}after {} ms, {acked} writes acknowledged \
              ({in_flight} in flight at the kill, {landed} of them landed); restart {} ms; {events}",
+            if on_ack { "on an acknowledgement " } else { "" },
             kill_after.as_millis(),
             restart.as_millis(),
         );

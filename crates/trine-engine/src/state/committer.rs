@@ -37,8 +37,8 @@ pub const MAX_COMMANDS_PER_BATCH: usize = 2048;
 /// Work for the committer thread.
 pub enum Command {
     Write(WriteRequest),
-    /// An ephemeral stream event, ordered with the writes around it.
-    Publish(StreamPublish),
+    /// An ephemeral stream event, ordered with the writes around it; answered once published.
+    Publish(StreamPublish, Option<oneshot::Sender<()>>),
     /// A delivery finished (handler succeeded or the condition skipped it).
     Ack {
         seq: u64,
@@ -212,6 +212,8 @@ struct Pending {
     events: Vec<NewEvent>,
     /// Stream envelopes to publish after the commit, in order.
     envelopes: Vec<Arc<Value>>,
+    /// Callers of `stream::send` waiting for their event to be published.
+    published: Vec<oneshot::Sender<()>>,
     discards: Vec<(oneshot::Sender<Result<u64, StoreError>>, u64)>,
     syncs: Vec<oneshot::Sender<Result<(), StoreError>>>,
     stop: Option<oneshot::Sender<()>>,
@@ -345,8 +347,11 @@ impl Committer {
         let mut p = Pending::default();
         for cmd in cmds {
             match cmd {
-                Command::Publish(ev) => {
+                Command::Publish(ev, reply) => {
                     self.record_stream_event(&mut p, None, ev);
+                    if let Some(r) = reply {
+                        p.published.push(r);
+                    }
                 }
                 Command::Write(w) => {
                     let WriteRequest {
@@ -431,25 +436,30 @@ impl Committer {
             Ok(()) => {
                 self.stats.last_seq.store(self.seq, Ordering::Relaxed);
                 self.stats.writes.fetch_add(p.writes, Ordering::Relaxed);
-                for (reply, out) in p.replies {
-                    let _ = reply.send(Ok(out));
-                }
-                for (reply, n) in p.discards {
-                    let _ = reply.send(Ok(n));
-                }
-                for reply in p.syncs {
-                    let _ = reply.send(Ok(()));
-                }
+                // Publish and hand over deliveries before answering: once a write is
+                // acknowledged, its envelope is already with the subscribers.
                 if !p.envelopes.is_empty() {
                     if let Some(sink) = self.streams.get() {
                         sink.publish(std::mem::take(&mut p.envelopes));
                     }
                 }
                 if !p.events.is_empty() {
-                    let overflow = self.delivery.submit(p.events);
+                    let overflow = self.delivery.submit(std::mem::take(&mut p.events));
                     if !overflow.is_empty() {
                         self.dead_letter_overflow(overflow);
                     }
+                }
+                for (reply, out) in p.replies {
+                    let _ = reply.send(Ok(out));
+                }
+                for reply in p.published {
+                    let _ = reply.send(());
+                }
+                for (reply, n) in p.discards {
+                    let _ = reply.send(Ok(n));
+                }
+                for reply in p.syncs {
+                    let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use trine_protocol::ErrorBody;
 use trine_store::{Space, Store, StoreError};
 
-use crate::builtins::builtin;
+use crate::builtins::bound;
 use crate::engine::Engine;
 use crate::worker::{lock, CallOutcome};
 pub use committer::Address;
@@ -323,10 +323,13 @@ impl StateModule {
 
     /// Queues an ephemeral stream event behind the writes already queued.
     pub(crate) async fn publish(&self, ev: committer::StreamPublish) -> Result<(), WriteError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || WriteError::Storage("the store is shut down".into());
         self.tx
-            .send(Command::Publish(ev))
+            .send(Command::Publish(ev, Some(reply)))
             .await
-            .map_err(|_| WriteError::Storage("the store is shut down".into()))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 
     pub(crate) async fn write(
@@ -659,88 +662,58 @@ pub(crate) fn install(
     if !functions {
         return Ok(module);
     }
+    let m = &module;
+    let functions = [
+        (
+            "state::set",
+            "Set a value in state",
+            bound(m, |m, v| async move { m.set(v).await }),
+        ),
+        (
+            "state::get",
+            "Get a value from state",
+            bound(m, |m, v| async move { m.get(&v) }),
+        ),
+        (
+            "state::delete",
+            "Delete a value from state",
+            bound(m, |m, v| async move { m.delete(v).await }),
+        ),
+        (
+            "state::update",
+            "Update a value in state",
+            bound(m, |m, v| async move { m.update(v).await }),
+        ),
+        (
+            "state::list",
+            "Get a group from state",
+            bound(m, |m, v| async move { m.list(&v) }),
+        ),
+        (
+            "state::list_groups",
+            "List all state groups",
+            bound(m, |m, v| async move { m.list_groups(&v) }),
+        ),
+        (
+            "engine::state::dead_letters::list",
+            "List state trigger deliveries that exhausted their attempts",
+            bound(m, |m, v| async move { m.dead_letters_list(&v) }),
+        ),
+        (
+            "engine::state::dead_letters::discard",
+            "Remove one dead letter (`id`) or all (`all: true`)",
+            bound(m, |m, v| async move { m.dead_letters_discard(&v).await }),
+        ),
+        (
+            "engine::state::stats",
+            "State store and trigger delivery counters",
+            bound(m, |m, _| async move { Ok(Some(m.stats_json())) }),
+        ),
+    ];
     let mut reg = engine.registry();
-    let m = module.clone();
-    reg.add_builtin(
-        "state::set",
-        "Set a value in state",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.set(v).await }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "state::get",
-        "Get a value from state",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.get(&v) }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "state::delete",
-        "Delete a value from state",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.delete(v).await }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "state::update",
-        "Update a value in state",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.update(v).await }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "state::list",
-        "Get a group from state",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.list(&v) }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "state::list_groups",
-        "List all state groups",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.list_groups(&v) }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "engine::state::dead_letters::list",
-        "List state trigger deliveries that exhausted their attempts",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.dead_letters_list(&v) }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "engine::state::dead_letters::discard",
-        "Remove one dead letter (`id`) or all (`all: true`)",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.dead_letters_discard(&v).await }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "engine::state::stats",
-        "State store and trigger delivery counters",
-        builtin(move |_, _, _| {
-            let m = m.clone();
-            async move { Ok(Some(m.stats_json())) }
-        }),
-    );
+    for (id, description, f) in functions {
+        reg.add_builtin(id, description, f);
+    }
     reg.add_builtin_trigger_type("state", "State trigger", module.triggers.clone());
     drop(reg);
     Ok(module)

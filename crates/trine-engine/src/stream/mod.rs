@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use trine_protocol::ErrorBody;
 use trine_store::{Space, StoreError};
 
-use crate::builtins::builtin;
+use crate::builtins::bound;
 use crate::engine::{Call, Caller, Engine, WeakEngine};
 use crate::registry::Handler;
 use crate::state::committer::{Address, StreamPublish, StreamSink, WriteKind, WriteRequest};
@@ -222,6 +222,39 @@ impl StreamModule {
             .await;
     }
 
+    /// Runs a worker-provided `set`/`update` and publishes the change it reports.
+    async fn override_write(
+        &self,
+        id: String,
+        v: Value,
+        code: &str,
+        what: &str,
+        (stream, group, item): (String, String, String),
+    ) -> CallOutcome {
+        let r = self.call_override(id, v).await.map_err(|e| {
+            ErrorBody::new(
+                code,
+                format!(
+                    "Failed to {what} value: Failed to invoke function: {}",
+                    e.message
+                ),
+            )
+        })?;
+        let Some(r) = r.filter(|r| !r.is_null()) else {
+            return Err(ErrorBody::new(code, "Function returned no result"));
+        };
+        let (Some(old), Some(new)) = (r.get("old_value"), r.get("new_value")) else {
+            return Err(ErrorBody::new(
+                codes::JSON_ERROR,
+                "Failed to convert result to value: expected {old_value, new_value}",
+            ));
+        };
+        let kind = if old.is_null() { "create" } else { "update" };
+        self.publish_change(stream, group, item, json!({"type": kind, "data": new}))
+            .await;
+        Ok(Some(r))
+    }
+
     async fn set(&self, v: Value) -> CallOutcome {
         const FID: &str = "stream::set";
         let m = object(FID, &v)?;
@@ -231,31 +264,10 @@ impl StreamModule {
             .cloned()
             .ok_or_else(|| de_error(FID, "missing field `data`"))?;
         if let Some(id) = self.override_of("set", &stream) {
-            let r = self.call_override(id, v.clone()).await.map_err(|e| {
-                ErrorBody::new(
-                    codes::STREAM_SET_ERROR,
-                    format!(
-                        "Failed to set value: Failed to invoke function: {}",
-                        e.message
-                    ),
-                )
-            })?;
-            let Some(r) = r.filter(|r| !r.is_null()) else {
-                return Err(ErrorBody::new(
-                    codes::STREAM_SET_ERROR,
-                    "Function returned no result",
-                ));
-            };
-            let (Some(old), Some(new)) = (r.get("old_value"), r.get("new_value")) else {
-                return Err(ErrorBody::new(
-                    codes::JSON_ERROR,
-                    "Failed to convert result to value: expected {old_value, new_value}",
-                ));
-            };
-            let kind = if old.is_null() { "create" } else { "update" };
-            self.publish_change(stream, group, item, json!({"type": kind, "data": new}))
+            let code = codes::STREAM_SET_ERROR;
+            return self
+                .override_write(id, v.clone(), code, "set", (stream, group, item))
                 .await;
-            return Ok(Some(r));
         }
         let json = serde_json::to_vec(&data).map_err(|e| de_error(FID, e))?;
         let out = self
@@ -345,31 +357,10 @@ impl StreamModule {
         let ops = ops::decode_ops(ops_value).map_err(|e| de_error(FID, e))?;
         let (stream, group, item) = item_address(FID, m)?;
         if let Some(id) = self.override_of("update", &stream) {
-            let r = self.call_override(id, v.clone()).await.map_err(|e| {
-                ErrorBody::new(
-                    codes::STREAM_UPDATE_ERROR,
-                    format!(
-                        "Failed to update value: Failed to invoke function: {}",
-                        e.message
-                    ),
-                )
-            })?;
-            let Some(r) = r.filter(|r| !r.is_null()) else {
-                return Err(ErrorBody::new(
-                    codes::STREAM_UPDATE_ERROR,
-                    "Function returned no result",
-                ));
-            };
-            let (Some(old), Some(new)) = (r.get("old_value"), r.get("new_value")) else {
-                return Err(ErrorBody::new(
-                    codes::JSON_ERROR,
-                    "Failed to convert result to value: expected {old_value, new_value}",
-                ));
-            };
-            let kind = if old.is_null() { "create" } else { "update" };
-            self.publish_change(stream, group, item, json!({"type": kind, "data": new}))
+            let code = codes::STREAM_UPDATE_ERROR;
+            return self
+                .override_write(id, v.clone(), code, "update", (stream, group, item))
                 .await;
-            return Ok(Some(r));
         }
         let out = self
             .core
@@ -697,53 +688,58 @@ pub(crate) fn install(
         engine: engine.downgrade(),
         options,
     });
+    let m = &module;
+    let functions = [
+        (
+            "stream::set",
+            "Set a value in a stream",
+            bound(m, |m, v| async move { m.set(v).await }),
+        ),
+        (
+            "stream::get",
+            "Get a value from a stream",
+            bound(m, |m, v| async move { m.get(v).await }),
+        ),
+        (
+            "stream::delete",
+            "Delete a value from a stream",
+            bound(m, |m, v| async move { m.delete(v).await }),
+        ),
+        (
+            "stream::update",
+            "Atomically update a stream value",
+            bound(m, |m, v| async move { m.update(v).await }),
+        ),
+        (
+            "stream::list",
+            "List the values of a stream group",
+            bound(m, |m, v| async move { m.list(v).await }),
+        ),
+        (
+            "stream::list_groups",
+            "List the groups of a stream",
+            bound(m, |m, v| async move { m.list_groups(v).await }),
+        ),
+        (
+            "stream::list_all",
+            "List every stream with its groups",
+            bound(m, |m, v| async move { m.list_all(&v) }),
+        ),
+        (
+            "stream::send",
+            "Send a custom event to a stream group",
+            bound(m, |m, v| async move { m.send(v).await }),
+        ),
+        (
+            "engine::streams::stats",
+            "Stream clients, subscriptions, deliveries and slow-consumer disconnects",
+            bound(m, |m, _| async move { Ok(Some(m.stats_json())) }),
+        ),
+    ];
     let mut reg = engine.registry();
-    macro_rules! func {
-        ($id:expr, $desc:expr, $method:ident) => {{
-            let m = module.clone();
-            reg.add_builtin(
-                $id,
-                $desc,
-                builtin(move |_, _, v| {
-                    let m = m.clone();
-                    async move { m.$method(v).await }
-                }),
-            );
-        }};
+    for (id, description, f) in functions {
+        reg.add_builtin(id, description, f);
     }
-    func!("stream::set", "Set a value in a stream", set);
-    func!("stream::get", "Get a value from a stream", get);
-    func!("stream::delete", "Delete a value from a stream", delete);
-    func!("stream::update", "Atomically update a stream value", update);
-    func!("stream::list", "List the values of a stream group", list);
-    func!(
-        "stream::list_groups",
-        "List the groups of a stream",
-        list_groups
-    );
-    func!(
-        "stream::send",
-        "Send a custom event to a stream group",
-        send
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "stream::list_all",
-        "List every stream with its groups",
-        builtin(move |_, _, v| {
-            let m = m.clone();
-            async move { m.list_all(&v) }
-        }),
-    );
-    let m = module.clone();
-    reg.add_builtin(
-        "engine::streams::stats",
-        "Stream clients, subscriptions, deliveries and slow-consumer disconnects",
-        builtin(move |_, _, _| {
-            let m = m.clone();
-            async move { Ok(Some(m.stats_json())) }
-        }),
-    );
     reg.add_builtin_trigger_type("stream", "Stream item changes and events", triggers);
     reg.add_builtin_trigger_type(
         "stream:join",
