@@ -11,8 +11,10 @@
 //! - `commit(.., true)` returns after the log is fsync'd: the batch and every batch before it
 //!   survive a crash (recovery replays the log on top of redb's last checkpoint).
 //!   `commit(.., false)` is atomic and visible to readers at once; it becomes durable with the
-//!   next synced commit or [`Store::sync`]; a crash before that loses it together with every later
-//!   unsynced batch, never part of one. Dropping the store checkpoints.
+//!   next synced commit or [`Store::sync`]. A process crash loses nothing written (the log is in
+//!   the OS page cache and is replayed); an OS crash or power loss before the next sync loses
+//!   that batch together with every later unsynced batch, never part of one. Dropping the store
+//!   checkpoints.
 //! - Reads run in redb MVCC read transactions: they see the last committed batch and never wait
 //!   for a writer, its fsync included.
 //! - Disk stays bounded under overwrites without maintenance: pages a commit frees are reused

@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Read cache of the file store, in MiB [default: 64].
     #[arg(long, env = "TRINE_STATE_CACHE_MB")]
     pub state_cache_mb: Option<u64>,
+    /// Size of the file store's write-ahead log that triggers a checkpoint, in MiB: larger means
+    /// fewer checkpoint pauses and a longer replay after a crash [default: 64].
+    #[arg(long, env = "TRINE_STATE_CHECKPOINT_MB")]
+    pub state_checkpoint_mb: Option<u64>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

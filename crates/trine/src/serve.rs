@@ -238,6 +238,7 @@ struct StatePlan {
     store: StateStore,
     dir: PathBuf,
     cache_bytes: u64,
+    checkpoint_bytes: u64,
     options: StateOptions,
 }
 
@@ -291,6 +292,7 @@ impl StatePlan {
             store,
             dir,
             cache_bytes: args.state_cache_mb.unwrap_or(64) << 20,
+            checkpoint_bytes: args.state_checkpoint_mb.unwrap_or(64).max(1) << 20,
             options,
         })
     }
@@ -303,11 +305,9 @@ impl StatePlan {
             }
             StateStore::FileBased => {
                 let started = std::time::Instant::now();
-                // The options struct grows with the adapter; keep the rest at their defaults.
-                #[allow(clippy::needless_update)]
                 let opts = FileStoreOptions {
                     cache_bytes: self.cache_bytes,
-                    ..FileStoreOptions::default()
+                    checkpoint_bytes: self.checkpoint_bytes,
                 };
                 let s = FileStore::open(&self.dir, opts).with_context(|| {
                     format!("opening the state store in {}", self.dir.display())

@@ -2,9 +2,9 @@
 //! and restarted on the same data directory, many times in a row.
 //!
 //! Each cycle: 16 writer tasks `state::set` 32 keys of scope `crash` as fast as they can (each key
-//! is owned by one writer; its value is `{"w": writer, "n": counter}` with `n` increasing by one
-//! per attempted write), a `state` trigger on the scope records every event, and at a random
-//! moment 100–600 ms into the load the engine gets SIGKILL. After the restart:
+//! is owned by one writer; its value is `{"w": writer, "n": counter, "pad": <1 KiB>}` with `n`
+//! increasing by one per attempted write), a `state` trigger on the scope records every event,
+//! and 100–600 ms into the load (random) the engine gets SIGKILL. After the restart:
 //! - (a) every acknowledged write is there: `state::get` returns the last acknowledged `n` of the
 //!   key, or the write that was in flight at the kill (which may or may not have landed);
 //! - (b) within 20 s every acknowledged write (and every write in flight at a kill that turned
@@ -13,15 +13,25 @@
 //!   equal to the previous event's `new_value` (the first one's is null: the data directory
 //!   starts empty). No delivery may end as a dead letter.
 //!
-//! After every other restart (b) is not awaited: the next load starts at once, so deliveries
-//! owed from before the crash are redelivered while new events join the same lanes, and the next
-//! kill can come before they are all acknowledged. The next restart checks (b) for everything.
+//! Variations, so more of the recovery paths are hit:
+//! - after every other restart (b) is not awaited: the next load starts at once, so deliveries
+//!   owed from before the crash are redelivered while new events join the same lanes, and the next
+//!   kill can come before they are all acknowledged; the next restart checks (b) for everything;
+//! - in half of the cycles the kill is sent by the first writer that gets an answer once the
+//!   random delay is over (the moment its write must already be durable), otherwise by the
+//!   test's main task at the random moment;
+//! - the trigger handler is slow (20 ms) for keys `k00`..`k07`, so their lanes fall behind the
+//!   writes and the outbox holds several owed events per key at each kill.
 //!
 //! One SDK worker lives for the whole test and reconnects by itself, replaying its function and
 //! its trigger with the same trigger id, as a real worker does when the engine restarts. For that
 //! the engine is restarted on the worker port it picked at the first start (`--worker-port 0`,
 //! read from the ready line); per-(trigger, key) order is only promised for one trigger id, and a
 //! fresh client per run would register a new trigger id each time.
+//!
+//! What SIGKILL cannot show: the page cache survives it, so a missing fsync goes unnoticed (that
+//! takes power-loss testing); and a write acknowledged before it reached the store is only caught
+//! when the kill lands in that gap.
 //!
 //! Knobs (environment):
 //! - `TRINE_CRASH_ITERATIONS=N`: kill/restart cycles (default 20). Manual soak mode, e.g.
@@ -53,6 +63,11 @@ const WRITERS: usize = 16;
 const KEYS: usize = 32;
 const RECORD_FN: &str = "crash::record";
 const DEFAULT_ITERATIONS: usize = 20;
+/// Keys below this one (`k00`..`k07`) have a slow trigger handler: their events are written
+/// faster than they are delivered, so their lanes build a backlog and the outbox holds several
+/// owed events per key at each kill (recovery must resume them in order).
+const SLOW_KEYS_BELOW: &str = "k08";
+const SLOW_HANDLER: Duration = Duration::from_millis(20);
 /// The kill comes this long after the writers start (uniformly random).
 const KILL_AFTER_MS: std::ops::Range<u64> = 100..600;
 /// How long the trigger may take to catch up after a restart.
@@ -166,6 +181,8 @@ impl EngineProcess {
         cmd.arg("serve")
             .args(["--worker-port", &worker_port.to_string()])
             .args(["--http-port", "0", "--stream-port", "0"])
+            // A small write-ahead log, so kills also land during and right after checkpoints.
+            .args(["--state-checkpoint-mb", "1"])
             .arg("--data-dir")
             .arg(&data_dir)
             .current_dir(root)
@@ -858,6 +875,7 @@ async fn acknowledged_writes_and_their_events_survive_sigkill() {
             strip(&mut event["old_value"]);
             strip(&mut event["new_value"]);
             let key = event["key"].as_str().unwrap_or_default().to_owned();
+            let slow = key.as_str() < SLOW_KEYS_BELOW;
             let mut rec = received.lock().unwrap();
             rec.total += 1;
             if let Some(n) = counter(&event["new_value"]) {
@@ -865,7 +883,12 @@ async fn acknowledged_writes_and_their_events_survive_sigkill() {
             }
             rec.by_key.entry(key).or_default().push((run, event));
             drop(rec);
-            async { Ok::<_, ErrorBody>(Value::Null) }
+            async move {
+                if slow {
+                    tokio::time::sleep(SLOW_HANDLER).await;
+                }
+                Ok::<_, ErrorBody>(Value::Null)
+            }
         });
     }
     // Sent before any write on the same connection, so the engine has it when writes start; the
