@@ -35,6 +35,8 @@ pub struct EngineProcess {
     dir: PathBuf,
     pub worker_url: String,
     pub http_url: String,
+    /// `ws://host:port` of the stream listener, when the engine runs one.
+    pub stream_url: Option<String>,
     /// From spawning the process to its ready line, for the current process.
     pub ready_after: Duration,
     /// When the current process was spawned.
@@ -91,6 +93,7 @@ impl EngineProcess {
             dir,
             worker_url: String::new(),
             http_url: String::new(),
+            stream_url: None,
             ready_after: Duration::ZERO,
             spawned_at: Instant::now(),
         };
@@ -180,6 +183,7 @@ impl EngineProcess {
         };
         self.worker_url = url("worker_url")?;
         self.http_url = url("http_url")?;
+        self.stream_url = ready["stream_url"].as_str().map(str::to_owned);
         Ok(())
     }
 
@@ -239,13 +243,7 @@ impl EngineProcess {
     /// CPU time (user + system) the engine has used so far, from `/proc/<pid>/stat`
     /// (10 ms resolution: Linux reports clock ticks of 1/100 s).
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_millis((utime + stime) * 10))
+        cpu_time_of(&format!("/proc/{}/stat", self.pid()?))
     }
 
     /// Resident memory now and at its peak, when /proc has them.
@@ -267,6 +265,40 @@ impl EngineProcess {
     pub fn peak_rss_kib(&self) -> Option<u64> {
         self.memory().map(|m| m.hwm_kib)
     }
+}
+
+/// User + system CPU time from a `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat` file
+/// (10 ms resolution: Linux reports clock ticks of 1/100 s).
+pub fn cpu_time_of(stat_path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU time per thread name (`comm`) of process `pid`, summed over threads of the same name.
+pub fn thread_cpu_by_name(pid: u32) -> Vec<(String, Duration)> {
+    let mut out: Vec<(String, Duration)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.filter_map(Result::ok) {
+        let dir = t.path();
+        let name = std::fs::read_to_string(dir.join("comm"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let Some(cpu) = cpu_time_of(&dir.join("stat").to_string_lossy()) else {
+            continue;
+        };
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, d)) => *d += cpu,
+            None => out.push((name, cpu)),
+        }
+    }
+    out
 }
 
 /// I/O counters of a process, from `/proc/<pid>/io`.

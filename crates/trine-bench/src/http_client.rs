@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1;
 use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -72,6 +72,54 @@ impl HttpConn {
             bail!("unexpected body {}", String::from_utf8_lossy(&body));
         }
         Ok(())
+    }
+}
+
+/// A keep-alive connection for JSON requests with a body (`POST`), and plain `GET`s, returning
+/// the status and body as they come.
+pub struct JsonConn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl JsonConn {
+    /// Connects to `authority` (`host:port`) with TCP_NODELAY.
+    pub async fn open(authority: &str) -> anyhow::Result<Self> {
+        let tcp = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender,
+            authority: authority.to_owned(),
+        })
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.sender.ready().await?;
+        let req = Request::post(path)
+            .header(header::HOST, self.authority.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
+    }
+
+    /// `GET path`.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.sender.ready().await?;
+        let req = Request::get(path)
+            .header(header::HOST, self.authority.as_str())
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
     }
 }
 

@@ -6,6 +6,12 @@
 //! - `state`: `state-set` (durable writes vs the disk's fsync ceiling), `state-get` (vs
 //!   redis-benchmark), `trigger-latency` (write → state trigger handler), `state-memory` (1 M
 //!   keys: memory, disk, restart-to-ready).
+//! - `streams`: `stream-fanout` (N WebSocket subscribers, `stream::send` at increasing rates),
+//!   `stream-idle-memory` (engine memory per idle subscriber), `stream-todo-latency` (the seed's
+//!   todo app: POST → `todo_changed` on the stream), `stream-slow-consumer` (readers' latency
+//!   with a client that never reads; its 4008 close).
+//! - `stream_client`: WebSocket subscribers, the rate-controlled publisher, the stalled client,
+//!   runtimes on threads of their own.
 //! - `engine`: the engine child process (ephemeral ports, ready line, SIGTERM/SIGKILL, restart on
 //!   the same data dir, cleanup).
 //! - `load`: closed-loop load driver with warm-up and measured windows.
@@ -21,6 +27,8 @@ mod load;
 mod report;
 mod scenarios;
 mod state;
+mod stream_client;
+mod streams;
 mod yardstick;
 
 use std::path::PathBuf;
@@ -31,6 +39,7 @@ use clap::{Parser, Subcommand};
 use crate::engine::{locate_binary, EngineProcess, EngineSpec};
 use crate::scenarios::Settings;
 use crate::state::StateSettings;
+use crate::streams::StreamSettings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,6 +102,47 @@ struct Cli {
     /// Seconds of each fsync probe (`state-set`).
     #[arg(long, global = true, default_value_t = 3.0)]
     fsync_seconds: f64,
+    /// WebSocket subscribers of `stream-fanout` and `stream-idle-memory`.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    clients: usize,
+    /// Publish rates (events/s, comma-separated) of the `stream-fanout` steps; raising stops at
+    /// the first step where subscribers fall behind or lose envelopes.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "10,25,50,100,200"
+    )]
+    fanout_rates: Vec<f64>,
+    /// Compact JSON bytes of each `stream-fanout` event's data.
+    #[arg(long, global = true, default_value_t = 100)]
+    event_bytes: usize,
+    /// `stream-fanout` records latency on every n-th subscriber.
+    #[arg(long, global = true, default_value_t = 100)]
+    latency_sample_every: usize,
+    /// WebSocket handshakes in flight while connecting subscribers.
+    #[arg(long, global = true, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// `POST /todos` per second of `stream-todo-latency` (open loop).
+    #[arg(long, global = true, default_value_t = 500.0)]
+    todo_rate: f64,
+    /// Readers of `stream-slow-consumer`.
+    #[arg(long, global = true, default_value_t = 200)]
+    readers: usize,
+    /// Events per second of `stream-slow-consumer`.
+    #[arg(long, global = true, default_value_t = 2000.0)]
+    slow_rate: f64,
+    /// Compact JSON bytes of each `stream-slow-consumer` event's data.
+    #[arg(long, global = true, default_value_t = 1000)]
+    slow_event_bytes: usize,
+    /// Seconds the stalled client of `stream-slow-consumer` waits after the run before it reads
+    /// its socket.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    stalled_read_delay: f64,
+    /// Pairs of `stream-slow-consumer` runs (with, then without the stalled client), each on
+    /// fresh engines.
+    #[arg(long, global = true, default_value_t = 3)]
+    slow_repeats: usize,
 }
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq)]
@@ -113,6 +163,16 @@ enum Scenario {
     StateMemory,
     /// All four state scenarios (a few minutes).
     State,
+    /// N WebSocket subscribers, `stream::send` at increasing rates: deliveries/s, gaps, latency.
+    StreamFanout,
+    /// Engine memory per idle subscribed WebSocket client.
+    StreamIdleMemory,
+    /// The seed's todo app: POST /todos → `todo_changed` received on the stream.
+    StreamTodoLatency,
+    /// Readers' latency with and without a client that never reads; its 4008 close.
+    StreamSlowConsumer,
+    /// All four stream scenarios (a few minutes).
+    Streams,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -156,6 +216,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         fsync_duration: Duration::from_secs_f64(cli.fsync_seconds.max(0.1)),
     };
 
+    let stream_settings = StreamSettings {
+        clients: cli.clients.max(1),
+        fanout_rates: cli
+            .fanout_rates
+            .iter()
+            .copied()
+            .filter(|r| *r > 0.0)
+            .collect(),
+        event_bytes: cli.event_bytes,
+        sample_every: cli.latency_sample_every.max(1),
+        connect_concurrency: cli.connect_concurrency.max(1),
+        todo_rate: cli.todo_rate.max(1.0),
+        readers: cli.readers.max(1),
+        slow_rate: cli.slow_rate.max(1.0),
+        slow_event_bytes: cli.slow_event_bytes,
+        stalled_read_delay: Duration::from_secs_f64(cli.stalled_read_delay.max(0.0)),
+        slow_repeats: cli.slow_repeats.max(1),
+    };
+    // Where the store does not matter (fan-out, memory, slow consumers): in memory, unless
+    // `--state-store` says otherwise. The todo app writes state: the engine's default store.
+    let mut memory_spec = spec.clone();
+    if cli.state_store.is_none() {
+        memory_spec
+            .extra_args
+            .insert(0, "--state-store=in_memory".to_owned());
+    }
+
     use Scenario::*;
     let cmd = cli.command;
     if matches!(cmd, Http | Roundtrip | All) {
@@ -184,11 +271,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if matches!(cmd, StateMemory | State) {
         // A fresh engine and data dir: the memory figures are for this data set alone.
-        let mut engine = EngineProcess::start(spec)?;
+        let mut engine = EngineProcess::start(spec.clone())?;
         if cmd == StateMemory {
             state::print_storage(&engine);
         }
         state::state_memory(&settings, &state_settings, &mut engine).await?;
+    }
+    if matches!(cmd, StreamFanout | Streams) {
+        streams::fanout(&settings, &stream_settings, &memory_spec).await?;
+    }
+    if matches!(cmd, StreamIdleMemory | Streams) {
+        streams::idle_memory(&settings, &stream_settings, &memory_spec).await?;
+    }
+    if matches!(cmd, StreamTodoLatency | Streams) {
+        streams::todo_latency(&settings, &stream_settings, &spec).await?;
+    }
+    if matches!(cmd, StreamSlowConsumer | Streams) {
+        streams::slow_consumer(&settings, &stream_settings, &memory_spec).await?;
     }
     Ok(())
 }
