@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use axum::Router;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
+use trine_engine::stream::hub::Overflow;
 use trine_engine::stream::{
     Attach, ClientQueue, Frame, Resume, StreamHub, StreamModule, Subscription,
 };
@@ -42,7 +43,6 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code for a refused path-form subscription (RFC 6455 policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
-const WRITE_BATCH: usize = 128;
 
 #[derive(Clone)]
 struct StreamState {
@@ -287,17 +287,12 @@ impl Conn {
             }
         }
         if !refused_implicit {
-            // The hub may cut this client off while it sends nothing: check now and then.
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // The hub may cut this client off while it sends nothing.
+            let cut = self.queue.cut_signal().clone();
             loop {
                 let msg = tokio::select! {
                     m = source.next() => m,
-                    _ = tick.tick() => {
-                        if self.queue.is_closed() {
-                            break;
-                        }
-                        continue;
-                    }
+                    _ = cut.cancelled() => break,
                 };
                 let msg = match msg {
                     Some(Ok(m)) => m,
@@ -344,8 +339,7 @@ impl Conn {
         };
         self.queue.push_unbudgeted(Frame {
             bytes: bytes::Bytes::from(close),
-            group: None,
-            epoch: None,
+            tag: None,
             seq: u64::MAX,
         });
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -476,72 +470,100 @@ impl Conn {
     }
 }
 
-/// Drains the client's queue into the socket, a batch per flush. On a slow-consumer cut-off it
-/// sends a final error frame with the resume points and closes with 4008.
+/// Drains the client's queue into the socket, a batch per flush. On a slow-consumer cut-off
+/// (also while blocked writing to a client that stopped reading) it tries for 5 s to send a final
+/// error frame with the resume points and a close with 4008, then drops the socket.
 async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, queue: Arc<ClientQueue>) {
-    let mut batch: Vec<Frame> = Vec::with_capacity(WRITE_BATCH);
+    let cut = queue.cut_signal().clone();
+    let mut batch: Vec<Frame> = Vec::new();
     loop {
         batch.clear();
-        match queue.next_batch(&mut batch).await {
+        if batch.capacity() > 1024 {
+            batch.shrink_to(64);
+        }
+        let overflow = match queue.next_batch(&mut batch).await {
+            Err(overflow) => Some(overflow),
             Ok(()) => {
-                let mut stop = None;
-                for f in batch.drain(..) {
-                    if f.seq == u64::MAX && f.group.is_none() {
-                        // The connection's own end marker: "<close code> <reason>".
-                        let text = String::from_utf8_lossy(&f.bytes).into_owned();
-                        let (code, reason) = text.split_once(' ').unwrap_or((&text, ""));
-                        stop = Some(CloseFrame {
-                            code: code.parse().unwrap_or(1000),
-                            reason: reason.to_owned().into(),
-                        });
-                        break;
-                    }
-                    let text = match std::str::from_utf8(&f.bytes) {
-                        Ok(t) => t.to_owned(),
-                        Err(_) => continue,
-                    };
-                    if sink.feed(WsMessage::Text(text.into())).await.is_err() {
+                let written = tokio::select! {
+                    r = write_batch(&mut sink, &queue, &mut batch) => r,
+                    _ = cut.cancelled() => Err(None),
+                };
+                match written {
+                    Ok(None) => continue,
+                    Ok(Some(close)) => {
+                        let _ = sink.send(WsMessage::Close(Some(close))).await;
                         return;
                     }
-                    queue.mark_written(&f);
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                if let Some(close) = stop {
-                    let _ = sink.send(WsMessage::Close(Some(close))).await;
-                    return;
+                    // The socket failed: nothing more can be sent.
+                    Err(Some(())) => return,
+                    // Cut off while writing.
+                    Err(None) => Some(Overflow {
+                        queued_bytes: queue.client_budget(),
+                    }),
                 }
             }
-            Err(overflow) => {
-                let points = queue.resume_points();
-                let resume: Vec<Value> = points
-                    .iter()
-                    .map(|(s, g, e, q)| json!({"streamName": s, "groupId": g, "epoch": e, "lastSeq": q}))
-                    .collect();
-                let reason = match points.as_slice() {
-                    [(_, _, e, q)] => format!("slow consumer: resume with last_seq={q}&epoch={e}"),
-                    _ => "slow consumer: resume each group from its last seq".to_owned(),
-                };
-                let notice = json!({"type": "error", "error": {
-                    "code": "slow_consumer",
-                    "message": format!("the client did not read {} queued bytes in time; reconnect and resume", overflow.queued_bytes),
-                    "resume": resume,
-                }});
-                let close = CloseFrame {
-                    code: CLOSE_SLOW_CONSUMER,
-                    reason: truncate(&reason, 123).into(),
-                };
-                // The client is not reading: give it a few seconds to take the notice.
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    let _ = sink.feed(WsMessage::Text(notice.to_string().into())).await;
-                    let _ = sink.send(WsMessage::Close(Some(close))).await;
-                })
-                .await;
-                return;
-            }
-        }
+        };
+        let Some(overflow) = overflow else { continue };
+        let points = queue.resume_points();
+        let resume: Vec<Value> = points
+            .iter()
+            .map(|(s, g, e, q)| json!({"streamName": s, "groupId": g, "epoch": e, "lastSeq": q}))
+            .collect();
+        let reason = match points.as_slice() {
+            [(_, _, e, q)] => format!("slow consumer: resume with last_seq={q}&epoch={e}"),
+            _ => "slow consumer: resume each group from its last seq".to_owned(),
+        };
+        let notice = json!({"type": "error", "error": {
+            "code": "slow_consumer",
+            "message": format!("the client did not read {} queued bytes in time; reconnect and resume", overflow.queued_bytes),
+            "resume": resume,
+        }});
+        let close = CloseFrame {
+            code: CLOSE_SLOW_CONSUMER,
+            reason: truncate(&reason, 123).into(),
+        };
+        // The client is not reading: give it a few seconds to take the notice, then drop it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = sink.feed(WsMessage::Text(notice.to_string().into())).await;
+            let _ = sink.send(WsMessage::Close(Some(close))).await;
+        })
+        .await;
+        return;
     }
+}
+
+/// Writes one batch and flushes. `Ok(Some(close))` when the connection's end marker was reached;
+/// `Err(Some(()))` when the socket failed.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    queue: &ClientQueue,
+    batch: &mut Vec<Frame>,
+) -> Result<Option<CloseFrame>, Option<()>> {
+    let mut stop = None;
+    for f in batch.drain(..) {
+        if f.seq == u64::MAX && f.tag.is_none() {
+            // The connection's own end marker: "<close code> <reason>".
+            let text = String::from_utf8_lossy(&f.bytes).into_owned();
+            let (code, reason) = text.split_once(' ').unwrap_or((&text, ""));
+            stop = Some(CloseFrame {
+                code: code.parse().unwrap_or(1000),
+                reason: reason.to_owned().into(),
+            });
+            break;
+        }
+        // The frame's bytes are shared with every other subscriber: no copy.
+        let Ok(text) = Utf8Bytes::try_from(f.bytes.clone()) else {
+            continue;
+        };
+        if sink.feed(WsMessage::Text(text)).await.is_err() {
+            return Err(Some(()));
+        }
+        queue.mark_written(&f);
+    }
+    if sink.flush().await.is_err() {
+        return Err(Some(()));
+    }
+    Ok(stop)
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -543,3 +543,50 @@ async fn an_auth_function_can_refuse_connections() {
     h.send(7).await;
     assert_eq!(next_json(&mut ws).await["event"]["event"]["data"]["n"], 7);
 }
+
+#[tokio::test]
+async fn a_cut_off_client_that_never_reads_is_dropped() {
+    let h = start(StreamOptions {
+        hub: HubOptions {
+            client_queue_bytes: 128 * 1024,
+            ..HubOptions::default()
+        },
+        ..StreamOptions::default()
+    })
+    .await;
+    let stalled = h.connect("/stream/s/g").await;
+    let big = "x".repeat(32 * 1024);
+    // More than the kernel buffers and the budget: the writer blocks, then the hub cuts it off.
+    for n in 0..400u64 {
+        h.call(
+            "stream::send",
+            json!({"stream_name": "s", "group_id": "g", "type": "big", "data": {"n": n, "pad": big}}),
+        )
+        .await;
+        if h.call("engine::streams::stats", json!({})).await["slow_consumer_disconnects"] == 1 {
+            break;
+        }
+    }
+    // Without reading anything, the connection is gone within the 5 s grace (plus slack).
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while h.call("engine::streams::stats", json!({})).await["clients"] != 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the stalled client is detached");
+    // Its socket is closed after the 5 s grace for the notice: reading now ends (after what the
+    // kernel buffered) instead of waiting forever.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut stalled = stalled;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stalled.next().await {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the engine closed the stalled connection");
+}

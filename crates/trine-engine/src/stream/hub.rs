@@ -60,14 +60,24 @@ pub struct HubStats {
 
 type GroupKey = (Arc<str>, Arc<str>);
 
+/// The group and epoch a published frame belongs to (shared by every copy of the frame).
+pub struct FrameTag {
+    pub group: GroupKey,
+    pub epoch: Arc<str>,
+}
+
 /// A frame queued for a client, with the group position it carries (for the resume point).
+/// Kept small (48 bytes): one is queued per subscriber per envelope.
 #[derive(Clone)]
 pub struct Frame {
     pub bytes: Bytes,
-    pub group: Option<GroupKey>,
-    pub epoch: Option<Arc<str>>,
+    pub tag: Option<Arc<FrameTag>>,
     pub seq: u64,
 }
+
+/// What a queued frame costs beyond its bytes (the `Frame` itself and the queue slot), counted
+/// against the client's budget.
+const FRAME_OVERHEAD: usize = 64;
 
 /// Why a client queue was closed by the hub.
 #[derive(Debug, Clone)]
@@ -79,6 +89,8 @@ pub struct Overflow {
 pub struct ClientQueue {
     inner: Mutex<QueueInner>,
     notify: Notify,
+    /// Cancelled when the hub cuts the client off, so its socket tasks stop waiting at once.
+    cut_signal: tokio_util::sync::CancellationToken,
     budget: usize,
     closed: AtomicBool,
     /// Last sequence written to the socket, per group (the resume point after a cut-off).
@@ -100,6 +112,7 @@ impl ClientQueue {
                 overflow: None,
             }),
             notify: Notify::new(),
+            cut_signal: tokio_util::sync::CancellationToken::new(),
             budget,
             closed: AtomicBool::new(false),
             written: Mutex::new(HashMap::new()),
@@ -115,18 +128,13 @@ impl ClientQueue {
             return true;
         }
         let mut q = lock(&self.inner);
-        if q.bytes > 0 && q.bytes + frame.bytes.len() > self.budget {
-            q.overflow = Some(Overflow {
-                queued_bytes: q.bytes,
-            });
-            q.frames.clear();
-            q.bytes = 0;
+        let cost = frame.bytes.len() + FRAME_OVERHEAD;
+        if q.bytes > 0 && q.bytes + cost > self.budget {
             drop(q);
-            self.closed.store(true, Ordering::Release);
-            self.notify.notify_one();
+            self.cut();
             return false;
         }
-        q.bytes += frame.bytes.len();
+        q.bytes += cost;
         q.frames.push_back(frame);
         drop(q);
         self.notify.notify_one();
@@ -143,17 +151,24 @@ impl ClientQueue {
         self.notify.notify_one();
     }
 
-    /// Cuts the client off (its held frames went over the budget).
+    /// Cuts the client off (over its budget): its queued frames are dropped and its socket
+    /// tasks are woken.
     pub fn cut(&self) {
         let mut q = lock(&self.inner);
         q.overflow = Some(Overflow {
             queued_bytes: q.bytes,
         });
-        q.frames.clear();
+        q.frames = VecDeque::new();
         q.bytes = 0;
         drop(q);
         self.closed.store(true, Ordering::Release);
         self.notify.notify_one();
+        self.cut_signal.cancel();
+    }
+
+    /// Cancelled once the client is cut off.
+    pub fn cut_signal(&self) -> &tokio_util::sync::CancellationToken {
+        &self.cut_signal
     }
 
     /// Takes every queued frame (waits for at least one). `Err` once the hub cut the client
@@ -168,6 +183,10 @@ impl ClientQueue {
                 if !q.frames.is_empty() {
                     out.extend(q.frames.drain(..));
                     q.bytes = 0;
+                    // Give back what a burst grew, so idle clients stay small.
+                    if q.frames.capacity() > 1024 {
+                        q.frames.shrink_to(64);
+                    }
                     return Ok(());
                 }
             }
@@ -177,8 +196,8 @@ impl ClientQueue {
 
     /// Records that `frame` reached the socket.
     pub fn mark_written(&self, frame: &Frame) {
-        if let (Some(g), Some(e)) = (&frame.group, &frame.epoch) {
-            lock(&self.written).insert(g.clone(), (e.clone(), frame.seq));
+        if let Some(tag) = &frame.tag {
+            lock(&self.written).insert(tag.group.clone(), (tag.epoch.clone(), frame.seq));
         }
     }
 
@@ -188,6 +207,11 @@ impl ClientQueue {
             .iter()
             .map(|((s, g), (e, q))| (s.to_string(), g.to_string(), e.to_string(), *q))
             .collect()
+    }
+
+    /// The client's budget in bytes.
+    pub fn client_budget(&self) -> usize {
+        self.budget
     }
 
     /// Whether the hub cut this client off.
@@ -301,8 +325,10 @@ impl StreamHub {
             g.seq += 1;
             let frame = Frame {
                 bytes: serialize_with_position(&env, &g.epoch, g.seq),
-                group: Some(key.clone()),
-                epoch: Some(g.epoch.clone()),
+                tag: Some(Arc::new(FrameTag {
+                    group: key.clone(),
+                    epoch: g.epoch.clone(),
+                })),
                 seq: g.seq,
             };
             self.stats.published.fetch_add(1, Ordering::Relaxed);
@@ -492,8 +518,7 @@ impl StreamHub {
         };
         Frame {
             bytes,
-            group: None,
-            epoch: None,
+            tag: None,
             seq: 0,
         }
     }
