@@ -27,9 +27,10 @@ use axum::Router;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
+use trine_engine::http::parse_query;
 use trine_engine::stream::hub::Overflow;
 use trine_engine::stream::{
-    Attach, ClientQueue, Frame, Resume, StreamHub, StreamModule, Subscription,
+    Attach, ClientQueue, Frame, Next, Resume, StreamHub, StreamModule, Subscription,
 };
 use trine_engine::Engine;
 
@@ -135,15 +136,6 @@ fn raw_query_params(query: Option<&str>) -> Map<String, Value> {
     out
 }
 
-/// Decoded query parameters Trine itself reads (`sync`, `last_seq`, `epoch`).
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|p| p.split_once('=').or(Some((p, ""))))
-        .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
-}
-
 fn auth_input(headers: &HeaderMap, uri: &Uri, addr: SocketAddr) -> Value {
     let mut h = Map::new();
     for (name, value) in headers {
@@ -194,11 +186,16 @@ async fn route(
             )
         }
     };
-    let context = match module.authenticate(auth_input(&headers, &uri, addr)).await {
+    let context = match module
+        .authenticate(|| auth_input(&headers, &uri, addr))
+        .await
+    {
         Ok(c) => c,
         Err(e) => return json_error(StatusCode::UNAUTHORIZED, &e.code, &e.message),
     };
-    let query = uri.query().map(str::to_owned);
+    // The parameters Trine itself reads (`sync`, `last_seq`, `epoch`), decoded like HTTP queries.
+    let query = parse_query(uri.query());
+    let param = |name: &str| query.get(name).and_then(Value::as_str).map(str::to_owned);
     let hub = module.hub().clone();
     let (client_id, queue) = hub.client();
     // Path form: attach before answering the upgrade, so nothing published after the client
@@ -216,10 +213,7 @@ async fn route(
                 group_id: group,
                 id: item,
             };
-            let resume = resume_from(
-                query_value(query.as_deref(), "last_seq"),
-                query_value(query.as_deref(), "epoch"),
-            );
+            let resume = resume_from(param("last_seq"), param("epoch"));
             let attach = hub.attach(
                 client_id,
                 &queue,
@@ -230,7 +224,7 @@ async fn route(
                 resume.as_ref(),
                 true,
             );
-            let want_sync = query_value(query.as_deref(), "sync").as_deref() == Some("true");
+            let want_sync = param("sync").as_deref() == Some("true");
             Some((sub, attach, resume.is_some(), want_sync))
         }
     };
@@ -279,8 +273,8 @@ impl Conn {
         let (sink, mut source) = socket.split();
         let writer = tokio::spawn(write_loop(sink, self.queue.clone()));
         let mut refused_implicit = false;
-        // How the connection ends: "<close code> <reason>".
-        let mut end = "1000 ".to_owned();
+        // How the connection ends: close code and reason.
+        let mut end = (1000, String::new());
         if let Some((sub, attach, resumed_asked, want_sync)) = implicit {
             if !self.approve(&sub, attach, resumed_asked, want_sync).await {
                 refused_implicit = true;
@@ -299,9 +293,12 @@ impl Conn {
                     Some(Err(e)) => {
                         let text = e.to_string();
                         end = if text.contains("too long") || text.contains("Space limit") {
-                            format!("{CLOSE_TOO_BIG} message too large (limit {MAX_CLIENT_MESSAGE} bytes)")
+                            (
+                                CLOSE_TOO_BIG,
+                                format!("message too large (limit {MAX_CLIENT_MESSAGE} bytes)"),
+                            )
                         } else {
-                            format!("{CLOSE_PROTOCOL} {}", truncate(&text, 100))
+                            (CLOSE_PROTOCOL, truncate(&text, 100).to_owned())
                         };
                         break;
                     }
@@ -332,16 +329,12 @@ impl Conn {
             self.module.run_leave(&sub, &self.context).await;
         }
         // Let the writer flush what is queued (bounded), then close.
-        let close = if refused_implicit {
-            format!("{CLOSE_POLICY} join refused")
+        let (code, reason) = if refused_implicit {
+            (CLOSE_POLICY, "join refused".to_owned())
         } else {
             end
         };
-        self.queue.push_unbudgeted(Frame {
-            bytes: bytes::Bytes::from(close),
-            tag: None,
-            seq: u64::MAX,
-        });
+        self.queue.finish(code, reason);
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     }
 
@@ -476,94 +469,93 @@ impl Conn {
 async fn write_loop(mut sink: SplitSink<WebSocket, WsMessage>, queue: Arc<ClientQueue>) {
     let cut = queue.cut_signal().clone();
     let mut batch: Vec<Frame> = Vec::new();
-    loop {
+    let overflow = loop {
         batch.clear();
         if batch.capacity() > 1024 {
             batch.shrink_to(64);
         }
-        let overflow = match queue.next_batch(&mut batch).await {
-            Err(overflow) => Some(overflow),
-            Ok(()) => {
+        match queue.next_batch(&mut batch).await {
+            Next::Cut(overflow) => break overflow,
+            Next::Close(code, reason) => {
+                let close = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(WsMessage::Close(Some(close))).await;
+                return;
+            }
+            Next::Frames => {
                 let written = tokio::select! {
                     r = write_batch(&mut sink, &queue, &mut batch) => r,
-                    _ = cut.cancelled() => Err(None),
+                    _ = cut.cancelled() => Written::Cut,
                 };
                 match written {
-                    Ok(None) => continue,
-                    Ok(Some(close)) => {
-                        let _ = sink.send(WsMessage::Close(Some(close))).await;
-                        return;
+                    Written::Ok => continue,
+                    Written::Failed => return,
+                    Written::Cut => {
+                        break Overflow {
+                            queued_bytes: queue.client_budget(),
+                        }
                     }
-                    // The socket failed: nothing more can be sent.
-                    Err(Some(())) => return,
-                    // Cut off while writing.
-                    Err(None) => Some(Overflow {
-                        queued_bytes: queue.client_budget(),
-                    }),
                 }
             }
-        };
-        let Some(overflow) = overflow else { continue };
-        let points = queue.resume_points();
-        let resume: Vec<Value> = points
-            .iter()
-            .map(|(s, g, e, q)| json!({"streamName": s, "groupId": g, "epoch": e, "lastSeq": q}))
-            .collect();
-        let reason = match points.as_slice() {
-            [(_, _, e, q)] => format!("slow consumer: resume with last_seq={q}&epoch={e}"),
-            _ => "slow consumer: resume each group from its last seq".to_owned(),
-        };
-        let notice = json!({"type": "error", "error": {
-            "code": "slow_consumer",
-            "message": format!("the client did not read {} queued bytes in time; reconnect and resume", overflow.queued_bytes),
-            "resume": resume,
-        }});
-        let close = CloseFrame {
-            code: CLOSE_SLOW_CONSUMER,
-            reason: truncate(&reason, 123).into(),
-        };
-        // The client is not reading: give it a few seconds to take the notice, then drop it.
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            let _ = sink.feed(WsMessage::Text(notice.to_string().into())).await;
-            let _ = sink.send(WsMessage::Close(Some(close))).await;
-        })
-        .await;
-        return;
-    }
+        }
+    };
+    let points = queue.resume_points();
+    let resume: Vec<Value> = points
+        .iter()
+        .map(|(s, g, e, q)| json!({"streamName": s, "groupId": g, "epoch": e, "lastSeq": q}))
+        .collect();
+    let reason = match points.as_slice() {
+        [(_, _, e, q)] => format!("slow consumer: resume with last_seq={q}&epoch={e}"),
+        _ => "slow consumer: resume each group from its last seq".to_owned(),
+    };
+    let notice = json!({"type": "error", "error": {
+        "code": "slow_consumer",
+        "message": format!("the client did not read {} queued bytes in time; reconnect and resume", overflow.queued_bytes),
+        "resume": resume,
+    }});
+    let close = CloseFrame {
+        code: CLOSE_SLOW_CONSUMER,
+        reason: truncate(&reason, 123).into(),
+    };
+    // The client is not reading: give it a few seconds to take the notice, then drop it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = sink.feed(WsMessage::Text(notice.to_string().into())).await;
+        let _ = sink.send(WsMessage::Close(Some(close))).await;
+    })
+    .await;
 }
 
-/// Writes one batch and flushes. `Ok(Some(close))` when the connection's end marker was reached;
-/// `Err(Some(()))` when the socket failed.
+/// How writing a batch ended.
+enum Written {
+    Ok,
+    /// The socket failed: nothing more can be sent.
+    Failed,
+    /// The hub cut the client off while the batch was being written.
+    Cut,
+}
+
+/// Writes one batch and flushes.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     queue: &ClientQueue,
     batch: &mut Vec<Frame>,
-) -> Result<Option<CloseFrame>, Option<()>> {
-    let mut stop = None;
+) -> Written {
     for f in batch.drain(..) {
-        if f.seq == u64::MAX && f.tag.is_none() {
-            // The connection's own end marker: "<close code> <reason>".
-            let text = String::from_utf8_lossy(&f.bytes).into_owned();
-            let (code, reason) = text.split_once(' ').unwrap_or((&text, ""));
-            stop = Some(CloseFrame {
-                code: code.parse().unwrap_or(1000),
-                reason: reason.to_owned().into(),
-            });
-            break;
-        }
         // The frame's bytes are shared with every other subscriber: no copy.
         let Ok(text) = Utf8Bytes::try_from(f.bytes.clone()) else {
             continue;
         };
         if sink.feed(WsMessage::Text(text)).await.is_err() {
-            return Err(Some(()));
+            return Written::Failed;
         }
         queue.mark_written(&f);
     }
     if sink.flush().await.is_err() {
-        return Err(Some(()));
+        return Written::Failed;
     }
-    Ok(stop)
+    Written::Ok
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -620,8 +612,8 @@ mod tests {
             json!({"token": ["abc"], "a": ["1", "2"], "c": [""], "e": ["%20"]})
         );
         assert_eq!(
-            query_value(Some("last_seq=5&epoch=a%2Db"), "epoch").as_deref(),
-            Some("a-b")
+            parse_query(Some("last_seq=5&epoch=a%2Db"))["epoch"],
+            json!("a-b")
         );
     }
 }

@@ -122,9 +122,9 @@ impl FileStore {
                 "store repaired"
             );
         }
-        // Room for a full log plus one large batch before the file has to grow.
-        let prealloc = options.checkpoint_bytes.max(1 << 20) + (8 << 20);
-        let (wal, pending) = Wal::open(&dir.join(WAL_NAME), prealloc)?;
+        // The log grows (with zeros, ahead of the records) 8 MiB at a time, up to about
+        // `checkpoint_bytes`: a new store does not start by writing the whole log.
+        let (wal, pending) = Wal::open(&dir.join(WAL_NAME), 8 << 20)?;
         let store = FileStore {
             db,
             dir: dir.to_path_buf(),

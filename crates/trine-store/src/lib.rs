@@ -164,6 +164,32 @@ pub enum StoreError {
     Closed,
 }
 
+/// Visits every entry of `space` whose key starts with `prefix`, in key order, reading
+/// `page` entries at a time, until `f` answers `false` (stop) or the entries run out.
+pub fn for_each(
+    store: &dyn Store,
+    space: Space,
+    prefix: &[u8],
+    page: usize,
+    mut f: impl FnMut(Vec<u8>, Vec<u8>) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let page = page.max(1);
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let chunk = store.scan(space, prefix, after.as_deref(), page)?;
+        let done = chunk.len() < page;
+        for (k, v) in chunk {
+            after = Some(k.clone());
+            if !f(k, v)? {
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}
+
 /// The storage seam: ordered byte keys in a fixed set of spaces.
 pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically. With `sync`, returns only after the batch and all earlier ones

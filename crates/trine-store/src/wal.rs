@@ -12,9 +12,9 @@
 //! `tag: u8` (1 = put, 2 = delete) · `space: u8` · `key len: u32 LE` · key ·
 //! (put only) `value len: u32 LE` · value.
 //!
-//! The file is preallocated (written with zeros once) and records are written in place, so the
-//! fsync of an append does not also have to persist a new file size or newly allocated blocks
-//! (measured on this disk: 84 µs instead of 136 µs). Emptying the log after a checkpoint writes a
+//! The file is preallocated (written with zeros, a chunk at a time, ahead of the records) and
+//! records are written in place, so the fsync of an append does not also have to persist a new
+//! file size or newly allocated blocks (measured on this disk: 84 µs instead of 136 µs). Emptying the log after a checkpoint writes a
 //! new generation into the header; records of older generations still in the file fail their
 //! checksum (it covers the generation), so replay stops at the first of them.
 //!
@@ -42,14 +42,18 @@ pub struct Wal {
     generation: u64,
     /// Where the next record goes.
     pos: u64,
+    /// Bytes of the file already written (zeros ahead of `pos`).
+    allocated: u64,
+    /// How much to preallocate at a time.
+    chunk: u64,
     /// Bytes of records since the last truncation.
     pub bytes: u64,
 }
 
 impl Wal {
-    /// Opens (or creates, preallocating `prealloc` bytes) the log at `path`, and returns the
-    /// complete records of its current generation.
-    pub fn open(path: &Path, prealloc: u64) -> Result<(Wal, Vec<Batch>), StoreError> {
+    /// Opens (or creates) the log at `path`, preallocating `chunk` bytes at a time, and returns
+    /// the complete records of its current generation.
+    pub fn open(path: &Path, chunk: u64) -> Result<(Wal, Vec<Batch>), StoreError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -74,25 +78,34 @@ impl Wal {
             path: path.to_path_buf(),
             generation,
             pos: valid as u64,
+            allocated: data.len() as u64,
+            chunk: chunk.max(HEADER),
             bytes: valid as u64 - HEADER,
         };
         if generation == 0 {
-            wal.preallocate(prealloc)?;
+            wal.allocated = 0;
+            wal.preallocate(HEADER)?;
             wal.truncate()?;
         }
         Ok((wal, batches))
     }
 
-    /// Writes zeros up to `size` so later records land on allocated blocks.
-    fn preallocate(&mut self, size: u64) -> Result<(), StoreError> {
-        let chunk = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < size {
-            let n = chunk.len().min((size - at) as usize);
-            self.file.write_all_at(&chunk[..n], at)?;
+    /// Writes zeros from the end of the allocated part to past `upto`, a chunk at a time, so
+    /// records land on allocated blocks.
+    fn preallocate(&mut self, upto: u64) -> Result<(), StoreError> {
+        if upto <= self.allocated {
+            return Ok(());
+        }
+        let target = upto.div_ceil(self.chunk) * self.chunk;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = self.allocated;
+        while at < target {
+            let n = zeros.len().min((target - at) as usize);
+            self.file.write_all_at(&zeros[..n], at)?;
             at += n as u64;
         }
         self.file.sync_all()?;
+        self.allocated = target;
         Ok(())
     }
 
@@ -120,6 +133,7 @@ impl Wal {
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&checksum(self.generation, &payload).to_le_bytes());
         record.extend_from_slice(&payload);
+        self.preallocate(self.pos + record.len() as u64)?;
         self.file.write_all_at(&record, self.pos)?;
         self.pos += record.len() as u64;
         self.bytes += record.len() as u64;

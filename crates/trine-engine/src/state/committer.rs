@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use trine_store::{Batch, Space, Store, StoreError};
+use trine_store::{for_each, Batch, Space, Store, StoreError};
 
 use super::delivery::{Delivery, NewEvent, Target};
 use super::keys::{self, Group, Record};
@@ -238,69 +238,46 @@ impl Committer {
             None => 0,
         };
         let mut owed: HashMap<u64, u32> = HashMap::new();
+        // Targets are keyed by sequence first, so one event's targets come together.
         let mut recovered: Vec<NewEvent> = Vec::new();
-        let mut payloads: HashMap<u64, Arc<Value>> = HashMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = store.scan(Space::OutboxTargets, &[], after.as_deref(), 4096)?;
-            let done = chunk.len() < 4096;
-            for (k, v) in chunk {
-                let (s, _trigger_id) = keys::split_seq_key(&k)?;
-                let target: Target = serde_json::from_slice(&v)
-                    .map_err(|e| StoreError::Corrupt(format!("outbox target: {e}")))?;
-                let payload = match payloads.get(&s) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let Some(bytes) = store.get(Space::OutboxEvents, &s.to_be_bytes())? else {
-                            return Err(StoreError::Corrupt(format!(
-                                "outbox target of sequence {s} has no event"
-                            )));
-                        };
-                        let p: Value = serde_json::from_slice(&bytes)
-                            .map_err(|e| StoreError::Corrupt(format!("outbox event: {e}")))?;
-                        let p = Arc::new(p);
-                        payloads.insert(s, p.clone());
-                        p
-                    }
-                };
-                *owed.entry(s).or_default() += 1;
-                let lane = lane_of(&payload);
-                match recovered.last_mut() {
-                    Some(ev) if ev.seq == s => ev.targets.push(Arc::new(target)),
-                    _ => recovered.push(NewEvent {
+        for_each(store.as_ref(), Space::OutboxTargets, &[], 4096, |k, v| {
+            let (s, _trigger_id) = keys::split_seq_key(&k)?;
+            let target: Target = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("outbox target: {e}")))?;
+            *owed.entry(s).or_default() += 1;
+            match recovered.last_mut() {
+                Some(ev) if ev.seq == s => ev.targets.push(Arc::new(target)),
+                _ => {
+                    let Some(bytes) = store.get(Space::OutboxEvents, &s.to_be_bytes())? else {
+                        return Err(StoreError::Corrupt(format!(
+                            "outbox target of sequence {s} has no event"
+                        )));
+                    };
+                    let payload: Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| StoreError::Corrupt(format!("outbox event: {e}")))?;
+                    recovered.push(NewEvent {
                         seq: s,
-                        lane,
-                        payload,
+                        lane: lane_of(&payload),
+                        payload: Arc::new(payload),
                         targets: vec![Arc::new(target)],
-                    }),
+                    });
                 }
-                after = Some(k);
             }
-            if done {
-                break;
-            }
-        }
+            Ok(true)
+        })?;
         // Events whose deliveries were all acknowledged but whose record was not yet removed.
         let mut orphans = Batch::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = store.scan(Space::OutboxEvents, &[], after.as_deref(), 4096)?;
-            let done = chunk.len() < 4096;
-            for (k, _) in chunk {
-                let s = u64::from_be_bytes(
-                    k.as_slice()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("outbox event key".into()))?,
-                );
-                if !owed.contains_key(&s) {
-                    orphans.delete(Space::OutboxEvents, k.clone());
-                }
-                after = Some(k);
+        for_each(store.as_ref(), Space::OutboxEvents, &[], 4096, |k, _| {
+            let s = u64::from_be_bytes(
+                k.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("outbox event key".into()))?,
+            );
+            if !owed.contains_key(&s) {
+                orphans.delete(Space::OutboxEvents, k);
             }
-            if done {
-                break;
-            }
-        }
+            Ok(true)
+        })?;
         if !orphans.is_empty() {
             store.commit(orphans, true)?;
         }
@@ -789,21 +766,18 @@ impl Committer {
             }
             None => {
                 let mut n = 0;
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let chunk = self
-                        .store
-                        .scan(Space::DeadLetters, &[], after.as_deref(), 4096)?;
-                    let done = chunk.len() < 4096;
-                    for (k, _) in chunk {
-                        p.batch.delete(Space::DeadLetters, k.clone());
+                for_each(
+                    self.store.as_ref(),
+                    Space::DeadLetters,
+                    &[],
+                    4096,
+                    |k, _| {
+                        p.batch.delete(Space::DeadLetters, k);
                         n += 1;
-                        after = Some(k);
-                    }
-                    if done {
-                        return Ok(n);
-                    }
-                }
+                        Ok(true)
+                    },
+                )?;
+                Ok(n)
             }
         }
     }
@@ -838,21 +812,17 @@ impl Committer {
             self.seq = self.seq.max(keys::decode_u64(&b)?);
         }
         let mut owed: HashMap<u64, u32> = HashMap::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = self
-                .store
-                .scan(Space::OutboxTargets, &[], after.as_deref(), 4096)?;
-            let done = chunk.len() < 4096;
-            for (k, _) in chunk {
+        for_each(
+            self.store.as_ref(),
+            Space::OutboxTargets,
+            &[],
+            4096,
+            |k, _| {
                 let (s, _) = keys::split_seq_key(&k)?;
                 *owed.entry(s).or_default() += 1;
-                after = Some(k);
-            }
-            if done {
-                break;
-            }
-        }
+                Ok(true)
+            },
+        )?;
         self.owed = owed;
         Ok(())
     }

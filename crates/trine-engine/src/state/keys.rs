@@ -13,7 +13,7 @@
 //! The length prefix keeps scopes opaque (any bytes, no separator to escape) while a scope's
 //! keys stay contiguous, so one prefix scan lists a scope. Big-endian numbers sort numerically.
 
-use trine_store::StoreError;
+use trine_store::{Space, Store, StoreError};
 
 /// Key of the last committed sequence number in `Meta`.
 pub const META_SEQ: &[u8] = b"seq";
@@ -124,6 +124,44 @@ impl Record {
             json,
         })
     }
+}
+
+/// Decodes a stored record into its JSON value and version.
+pub fn decode_value(bytes: Vec<u8>) -> Result<(serde_json::Value, u64), StoreError> {
+    let r = Record::decode(bytes)?;
+    let v = serde_json::from_slice(&r.json)
+        .map_err(|e| StoreError::Corrupt(format!("stored value: {e}")))?;
+    Ok((v, r.version))
+}
+
+/// The value (and version) stored under a data key; `None` when absent.
+pub fn read_value(
+    store: &dyn Store,
+    data: Space,
+    key: &[u8],
+) -> Result<Option<(serde_json::Value, u64)>, StoreError> {
+    store.get(data, key)?.map(decode_value).transpose()
+}
+
+/// A scope's values in insertion order (state `list`, stream `list` and group syncs). A key
+/// deleted between the order scan and its read is simply left out.
+pub fn read_scope(
+    store: &dyn Store,
+    order: Space,
+    data: Space,
+    scope: &[u8],
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let prefix = scope_prefix(scope);
+    let mut values = Vec::new();
+    trine_store::for_each(store, order, &prefix, 1024, |_, key| {
+        let mut dk = prefix.clone();
+        dk.extend_from_slice(&key);
+        if let Some((v, _)) = read_value(store, data, &dk)? {
+            values.push(v);
+        }
+        Ok(true)
+    })?;
+    Ok(values)
 }
 
 /// Per-scope bookkeeping: how many keys it holds and the next insertion position.

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use trine_protocol::ErrorBody;
-use trine_store::{Space, Store, StoreError};
+use trine_store::{for_each, Space, Store, StoreError};
 
 use crate::builtins::bound;
 use crate::engine::Engine;
@@ -449,20 +449,13 @@ impl StateModule {
         let m = object(FID, v)?;
         let (scope, key) = scope_and_key(FID, m)?;
         let meta = opt_flag(FID, m, "with_meta")?;
-        let rec = self
-            .store
-            .get(Space::StateData, &keys::data_key(scope.as_bytes(), &key))
-            .map_err(|e| storage_error(codes::GET_ERROR, "get value", e))?;
-        let (value, version) = match rec {
-            None => (Value::Null, 0),
-            Some(bytes) => {
-                let r = keys::Record::decode(bytes)
-                    .map_err(|e| storage_error(codes::GET_ERROR, "get value", e))?;
-                let value: Value = serde_json::from_slice(&r.json)
-                    .map_err(|e| storage_error(codes::GET_ERROR, "get value", e))?;
-                (value, r.version)
-            }
-        };
+        let (value, version) = keys::read_value(
+            self.store.as_ref(),
+            Space::StateData,
+            &keys::data_key(scope.as_bytes(), &key),
+        )
+        .map_err(|e| storage_error(codes::GET_ERROR, "get value", e))?
+        .unwrap_or((Value::Null, 0));
         Ok(Some(if meta {
             json!({"value": value, "version": version})
         } else {
@@ -475,32 +468,13 @@ impl StateModule {
         let m = object(FID, v)?;
         let scope = req_string(FID, m, "scope")?;
         check_scope(&scope)?;
-        let err = |e: StoreError| storage_error(codes::LIST_ERROR, "list values", e);
-        let prefix = keys::scope_prefix(scope.as_bytes());
-        let mut values = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = self
-                .store
-                .scan(Space::StateOrder, &prefix, after.as_deref(), 1024)
-                .map_err(err)?;
-            let done = chunk.len() < 1024;
-            for (k, key) in chunk {
-                let mut dk = prefix.clone();
-                dk.extend_from_slice(&key);
-                // A key deleted since the order scan is simply not listed.
-                if let Some(bytes) = self.store.get(Space::StateData, &dk).map_err(err)? {
-                    let r = keys::Record::decode(bytes).map_err(err)?;
-                    let value: Value = serde_json::from_slice(&r.json)
-                        .map_err(|e| err(StoreError::Corrupt(e.to_string())))?;
-                    values.push(value);
-                }
-                after = Some(k);
-            }
-            if done {
-                break;
-            }
-        }
+        let values = keys::read_scope(
+            self.store.as_ref(),
+            Space::StateOrder,
+            Space::StateData,
+            scope.as_bytes(),
+        )
+        .map_err(|e| storage_error(codes::LIST_ERROR, "list values", e))?;
         Ok(Some(Value::Array(values)))
     }
 
@@ -509,21 +483,17 @@ impl StateModule {
         object(FID, v)?;
         let err = |e: StoreError| storage_error(codes::LIST_GROUPS_ERROR, "list groups", e);
         let mut groups = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = self
-                .store
-                .scan(Space::StateGroups, &[], after.as_deref(), 1024)
-                .map_err(err)?;
-            let done = chunk.len() < 1024;
-            for (k, _) in chunk {
+        for_each(
+            self.store.as_ref(),
+            Space::StateGroups,
+            &[],
+            1024,
+            |k, _| {
                 groups.push(Value::String(String::from_utf8_lossy(&k).into_owned()));
-                after = Some(k);
-            }
-            if done {
-                break;
-            }
-        }
+                Ok(true)
+            },
+        )
+        .map_err(err)?;
         Ok(Some(json!({ "groups": groups })))
     }
 
@@ -555,36 +525,26 @@ impl StateModule {
         };
         let err = |e: StoreError| storage_error(codes::LIST_ERROR, "list dead letters", e);
         let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        'scan: loop {
-            let chunk = self
-                .store
-                .scan(Space::DeadLetters, &[], after.as_deref(), 1024)
-                .map_err(err)?;
-            let done = chunk.len() < 1024;
-            for (k, bytes) in chunk {
-                after = Some(k);
+        for_each(
+            self.store.as_ref(),
+            Space::DeadLetters,
+            &[],
+            1024,
+            |_, bytes| {
                 let Ok(rec) = serde_json::from_slice::<Value>(&bytes) else {
-                    continue;
+                    return Ok(true);
                 };
-                if trigger_id
-                    .as_deref()
-                    .is_some_and(|t| rec["trigger_id"] != t)
-                    || function_id
+                let wanted = trigger_id.as_deref().is_none_or(|t| rec["trigger_id"] == t)
+                    && function_id
                         .as_deref()
-                        .is_some_and(|f| rec["function_id"] != f)
-                {
-                    continue;
+                        .is_none_or(|f| rec["function_id"] == f);
+                if wanted {
+                    out.push(rec);
                 }
-                out.push(rec);
-                if out.len() >= limit {
-                    break 'scan;
-                }
-            }
-            if done {
-                break;
-            }
-        }
+                Ok(out.len() < limit)
+            },
+        )
+        .map_err(err)?;
         Ok(Some(json!({ "dead_letters": out })))
     }
 

@@ -17,17 +17,45 @@ struct StateTrigger {
     target: Arc<Target>,
 }
 
+/// A copy-on-write list: readers take an `Arc` of the current version (one short lock);
+/// a registration builds the next version.
+pub(crate) struct CowList<T> {
+    list: RwLock<Arc<Vec<Arc<T>>>>,
+}
+
+impl<T> Default for CowList<T> {
+    fn default() -> Self {
+        Self {
+            list: RwLock::new(Arc::new(Vec::new())),
+        }
+    }
+}
+
+impl<T> CowList<T> {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<T>>> {
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn replace(&self, f: impl FnOnce(&mut Vec<Arc<T>>)) {
+        let mut guard = self.list.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Arc<T>> = guard.as_ref().clone();
+        f(&mut next);
+        *guard = Arc::new(next);
+    }
+}
+
 /// Active `state` triggers.
 #[derive(Default)]
 pub struct TriggerIndex {
-    list: RwLock<Arc<Vec<Arc<StateTrigger>>>>,
+    list: CowList<StateTrigger>,
 }
 
 impl TriggerIndex {
     /// Targets of every trigger whose filters match (exact, case-sensitive; absent = any).
     pub fn matching(&self, scope: &str, key: &str) -> Vec<Arc<Target>> {
-        let list = self.list.read().unwrap_or_else(|e| e.into_inner()).clone();
-        list.iter()
+        self.list
+            .snapshot()
+            .iter()
             .filter(|t| t.scope.as_deref().is_none_or(|s| s == scope))
             .filter(|t| t.key.as_deref().is_none_or(|k| k == key))
             .map(|t| t.target.clone())
@@ -36,18 +64,12 @@ impl TriggerIndex {
 
     /// Number of active triggers.
     pub fn count(&self) -> usize {
-        self.list.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn replace(&self, f: impl FnOnce(&mut Vec<Arc<StateTrigger>>)) {
-        let mut guard = self.list.write().unwrap_or_else(|e| e.into_inner());
-        let mut next: Vec<Arc<StateTrigger>> = guard.as_ref().clone();
-        f(&mut next);
-        *guard = Arc::new(next);
+        self.list.snapshot().len()
     }
 }
 
-fn opt_string(
+/// An optional string field of a trigger config.
+pub(crate) fn opt_string(
     config: &serde_json::Map<String, Value>,
     field: &str,
 ) -> Result<Option<String>, String> {
@@ -79,7 +101,7 @@ impl TriggerProvider for TriggerIndex {
                 metadata: trigger.metadata.clone(),
             }),
         });
-        self.replace(|v| {
+        self.list.replace(|v| {
             v.retain(|x| x.target.trigger_id != trigger.id);
             v.push(t);
         });
@@ -87,6 +109,7 @@ impl TriggerProvider for TriggerIndex {
     }
 
     fn unregister(&self, trigger: &TriggerEntry) {
-        self.replace(|v| v.retain(|x| x.target.trigger_id != trigger.id));
+        self.list
+            .replace(|v| v.retain(|x| x.target.trigger_id != trigger.id));
     }
 }

@@ -101,6 +101,18 @@ struct QueueInner {
     frames: VecDeque<Frame>,
     bytes: usize,
     overflow: Option<Overflow>,
+    /// The connection is ending: close with this code and reason once the queue is drained.
+    finish: Option<(u16, String)>,
+}
+
+/// What the write loop should do next.
+pub enum Next {
+    /// Frames were taken: write them.
+    Frames,
+    /// Everything queued was written: close the socket with this code and reason.
+    Close(u16, String),
+    /// The hub cut the client off.
+    Cut(Overflow),
 }
 
 impl ClientQueue {
@@ -110,6 +122,7 @@ impl ClientQueue {
                 frames: VecDeque::new(),
                 bytes: 0,
                 overflow: None,
+                finish: None,
             }),
             notify: Notify::new(),
             cut_signal: tokio_util::sync::CancellationToken::new(),
@@ -171,14 +184,19 @@ impl ClientQueue {
         &self.cut_signal
     }
 
-    /// Takes every queued frame (waits for at least one). `Err` once the hub cut the client
-    /// off.
-    pub async fn next_batch(&self, out: &mut Vec<Frame>) -> Result<(), Overflow> {
+    /// Asks the write loop to close the socket with `code` and `reason` after what is queued.
+    pub fn finish(&self, code: u16, reason: impl Into<String>) {
+        lock(&self.inner).finish = Some((code, reason.into()));
+        self.notify.notify_one();
+    }
+
+    /// Takes every queued frame into `out` (waits for at least one), or says to close.
+    pub async fn next_batch(&self, out: &mut Vec<Frame>) -> Next {
         loop {
             {
                 let mut q = lock(&self.inner);
                 if let Some(o) = &q.overflow {
-                    return Err(o.clone());
+                    return Next::Cut(o.clone());
                 }
                 if !q.frames.is_empty() {
                     out.extend(q.frames.drain(..));
@@ -187,7 +205,10 @@ impl ClientQueue {
                     if q.frames.capacity() > 1024 {
                         q.frames.shrink_to(64);
                     }
-                    return Ok(());
+                    return Next::Frames;
+                }
+                if let Some((code, reason)) = q.finish.take() {
+                    return Next::Close(code, reason);
                 }
             }
             self.notify.notified().await;

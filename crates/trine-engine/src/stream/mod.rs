@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use trine_protocol::ErrorBody;
-use trine_store::{Space, StoreError};
+use trine_store::{for_each, Space, StoreError};
 
 use crate::builtins::bound;
 use crate::engine::{Call, Caller, Engine, WeakEngine};
@@ -30,7 +30,7 @@ use crate::state::{
     de_error, json_type, keys, object, ops, req_string, storage_error, write_error, StateModule,
 };
 use crate::worker::{now_ms, CallOutcome};
-pub use hub::{Attach, ClientQueue, Frame, HubOptions, Resume, StreamHub};
+pub use hub::{Attach, ClientQueue, Frame, HubOptions, Next, Resume, StreamHub};
 use triggers::{JoinLeaveIndex, StreamTriggerIndex};
 
 /// Stable error codes of the stream module.
@@ -169,44 +169,21 @@ impl StreamModule {
 
     fn read_item(&self, stream: &str, group: &str, item: &str) -> Result<Value, StoreError> {
         let scope = keys::stream_scope(stream, group);
-        match self
-            .core
-            .store()
-            .get(Space::StreamData, &keys::data_key(&scope, item))?
-        {
-            None => Ok(Value::Null),
-            Some(bytes) => {
-                let r = keys::Record::decode(bytes)?;
-                serde_json::from_slice(&r.json).map_err(|e| StoreError::Corrupt(e.to_string()))
-            }
-        }
+        let v = keys::read_value(
+            self.core.store().as_ref(),
+            Space::StreamData,
+            &keys::data_key(&scope, item),
+        )?;
+        Ok(v.map_or(Value::Null, |(v, _)| v))
     }
 
     fn read_group(&self, stream: &str, group: &str) -> Result<Vec<Value>, StoreError> {
-        let scope = keys::stream_scope(stream, group);
-        let prefix = keys::scope_prefix(&scope);
-        let store = self.core.store();
-        let mut values = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = store.scan(Space::StreamOrder, &prefix, after.as_deref(), 1024)?;
-            let done = chunk.len() < 1024;
-            for (k, item) in chunk {
-                let mut dk = prefix.clone();
-                dk.extend_from_slice(&item);
-                if let Some(bytes) = store.get(Space::StreamData, &dk)? {
-                    let r = keys::Record::decode(bytes)?;
-                    values.push(
-                        serde_json::from_slice(&r.json)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    );
-                }
-                after = Some(k);
-            }
-            if done {
-                return Ok(values);
-            }
-        }
+        keys::read_scope(
+            self.core.store().as_ref(),
+            Space::StreamOrder,
+            Space::StreamData,
+            &keys::stream_scope(stream, group),
+        )
     }
 
     /// Publishes an envelope for a change made by a worker-provided implementation.
@@ -407,26 +384,22 @@ impl StreamModule {
             return self.call_override(id, v.clone()).await;
         }
         let err = |e| storage_error(codes::STREAM_LIST_GROUPS_ERROR, "list groups", e);
-        let prefix = keys::stream_prefix(&stream);
         let mut groups = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = self
-                .core
-                .store()
-                .scan(Space::StreamGroups, &prefix, after.as_deref(), 1024)
-                .map_err(err)?;
-            let done = chunk.len() < 1024;
-            for (k, _) in chunk {
+        let prefix = keys::stream_prefix(&stream);
+        for_each(
+            self.core.store().as_ref(),
+            Space::StreamGroups,
+            &prefix,
+            1024,
+            |k, _| {
                 if let Some((_, g)) = keys::split_stream_scope(&k) {
                     groups.push(Value::String(g));
                 }
-                after = Some(k);
-            }
-            if done {
-                return Ok(Some(Value::Array(groups)));
-            }
-        }
+                Ok(true)
+            },
+        )
+        .map_err(err)?;
+        Ok(Some(Value::Array(groups)))
     }
 
     fn list_all(&self, v: &Value) -> CallOutcome {
@@ -434,27 +407,22 @@ impl StreamModule {
         object(FID, v)?;
         let err = |e| storage_error(codes::STREAM_LIST_ALL_ERROR, "list streams", e);
         let mut streams: Vec<(String, Vec<String>)> = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let chunk = self
-                .core
-                .store()
-                .scan(Space::StreamGroups, &[], after.as_deref(), 1024)
-                .map_err(err)?;
-            let done = chunk.len() < 1024;
-            for (k, _) in chunk {
+        for_each(
+            self.core.store().as_ref(),
+            Space::StreamGroups,
+            &[],
+            1024,
+            |k, _| {
                 if let Some((s, g)) = keys::split_stream_scope(&k) {
                     match streams.last_mut() {
                         Some((last, groups)) if *last == s => groups.push(g),
                         _ => streams.push((s, vec![g])),
                     }
                 }
-                after = Some(k);
-            }
-            if done {
-                break;
-            }
-        }
+                Ok(true)
+            },
+        )
+        .map_err(err)?;
         // Keys sort by length-prefixed name; the listing is by name.
         streams.sort_by(|a, b| a.0.cmp(&b.0));
         let count = streams.len();
@@ -517,10 +485,12 @@ impl StreamModule {
     /// Runs `auth_function` (if configured) for a new connection. `Ok(context)` admits it;
     /// a failure of the function, `false`, or `{unauthorized: true}` refuses it (Trine fails
     /// closed where iii failed open).
-    pub async fn authenticate(&self, input: Value) -> Result<Value, ErrorBody> {
+    /// `input` builds the function's input; it is only called when an auth function is set.
+    pub async fn authenticate(&self, input: impl FnOnce() -> Value) -> Result<Value, ErrorBody> {
         let Some(fid) = &self.options.auth_function else {
             return Ok(Value::Null);
         };
+        let input = input();
         let out = self
             .engine()?
             .invoke(Call::new(fid.clone(), input, Caller::Engine))

@@ -11,17 +11,7 @@ use serde_json::{Map, Value};
 use crate::registry::{TriggerEntry, TriggerProvider};
 use crate::state::delivery::Target;
 use crate::state::json_type;
-
-fn opt_string(config: &Map<String, Value>, field: &str) -> Result<Option<String>, String> {
-    match config.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(format!(
-            "Failed to parse trigger config: `{field}` must be a string, got {}",
-            json_type(other)
-        )),
-    }
-}
+use crate::state::triggers::{opt_string, CowList};
 
 fn config_object(trigger: &TriggerEntry) -> Result<&Map<String, Value>, String> {
     trigger.config.as_object().ok_or_else(|| {
@@ -42,14 +32,15 @@ struct StreamTrigger {
 /// Active `stream` triggers (copy-on-write, read by the committer per envelope).
 #[derive(Default)]
 pub struct StreamTriggerIndex {
-    list: RwLock<Arc<Vec<Arc<StreamTrigger>>>>,
+    list: CowList<StreamTrigger>,
 }
 
 impl StreamTriggerIndex {
     /// Targets of the triggers matching an envelope (`group_id`/`item_id` absent or `""` = any).
     pub fn matching(&self, stream: &str, group: &str, id: Option<&str>) -> Vec<Arc<Target>> {
-        let list = self.list.read().unwrap_or_else(|e| e.into_inner()).clone();
-        list.iter()
+        self.list
+            .snapshot()
+            .iter()
             .filter(|t| t.stream == stream)
             .filter(|t| {
                 t.group
@@ -66,14 +57,7 @@ impl StreamTriggerIndex {
     }
 
     pub fn count(&self) -> usize {
-        self.list.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn replace(&self, f: impl FnOnce(&mut Vec<Arc<StreamTrigger>>)) {
-        let mut guard = self.list.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = guard.as_ref().clone();
-        f(&mut next);
-        *guard = Arc::new(next);
+        self.list.snapshot().len()
     }
 }
 
@@ -97,7 +81,7 @@ impl TriggerProvider for StreamTriggerIndex {
                 metadata: trigger.metadata.clone(),
             }),
         });
-        self.replace(|v| {
+        self.list.replace(|v| {
             v.retain(|x| x.target.trigger_id != trigger.id);
             v.push(t);
         });
@@ -105,7 +89,8 @@ impl TriggerProvider for StreamTriggerIndex {
     }
 
     fn unregister(&self, trigger: &TriggerEntry) {
-        self.replace(|v| v.retain(|x| x.target.trigger_id != trigger.id));
+        self.list
+            .replace(|v| v.retain(|x| x.target.trigger_id != trigger.id));
     }
 }
 
