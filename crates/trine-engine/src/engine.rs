@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trine_protocol::{
@@ -146,6 +146,9 @@ struct Inner {
     shutdown: CancellationToken,
     state: OnceLock<Arc<crate::state::StateModule>>,
     streams: OnceLock<Arc<crate::stream::StreamModule>>,
+    queues: OnceLock<Arc<crate::queue::QueueModule>>,
+    /// Bumped whenever the set of registered functions changes.
+    functions_epoch: watch::Sender<u64>,
 }
 
 impl Engine {
@@ -164,6 +167,8 @@ impl Engine {
                 shutdown: CancellationToken::new(),
                 state: OnceLock::new(),
                 streams: OnceLock::new(),
+                queues: OnceLock::new(),
+                functions_epoch: watch::Sender::new(0),
             }),
         };
         {
@@ -224,6 +229,38 @@ impl Engine {
         Ok(())
     }
 
+    /// Opens the queue module on `store` (recovering stored jobs) and registers the queue
+    /// functions and the `durable:subscriber` trigger type. Call once, inside the runtime.
+    pub fn enable_queues(
+        &self,
+        store: Arc<dyn trine_store::Store>,
+        options: crate::queue::QueueOptions,
+    ) -> Result<(), trine_store::StoreError> {
+        if self.inner.queues.get().is_some() {
+            return Err(trine_store::StoreError::Engine(
+                "the queue module is already enabled".into(),
+            ));
+        }
+        let module = crate::queue::install(self, store, options)?;
+        let _ = self.inner.queues.set(module);
+        Ok(())
+    }
+
+    /// The queue module, when enabled.
+    pub fn queues(&self) -> Option<&Arc<crate::queue::QueueModule>> {
+        self.inner.queues.get()
+    }
+
+    /// A receiver that changes whenever the set of registered functions changes.
+    pub fn watch_functions(&self) -> watch::Receiver<u64> {
+        self.inner.functions_epoch.subscribe()
+    }
+
+    /// Whether a function with this id is registered (built in or by a worker).
+    pub fn has_function(&self, id: &str) -> bool {
+        self.registry().functions.contains_key(id)
+    }
+
     /// The stream module, when enabled.
     pub fn streams(&self) -> Option<&Arc<crate::stream::StreamModule>> {
         self.inner.streams.get()
@@ -276,6 +313,9 @@ impl Engine {
         if let Some(state) = self.inner.state.get() {
             state.stop().await;
         }
+        if let Some(queues) = self.inner.queues.get() {
+            queues.stop().await;
+        }
     }
 
     // ----- connections -------------------------------------------------------------------
@@ -326,6 +366,7 @@ impl Engine {
         }
         if fx.functions_changed {
             self.inner.functions_changed.notify_one();
+            self.inner.functions_epoch.send_modify(|n| *n += 1);
         }
     }
 
@@ -487,12 +528,42 @@ impl Engine {
     async fn handle_invoke(&self, conn: &Arc<WorkerConn>, m: InvokeFunction) {
         match m.action {
             Some(TriggerAction::Enqueue { queue }) => {
-                if let Some(id) = m.invocation_id {
-                    let body = ErrorBody::new(
+                // Admission and the hand-off to the committer happen here, in arrival order, so
+                // one caller's enqueues are stored in the order it sent them; the wait for the
+                // disk runs on its own task.
+                let submitted = match self.inner.queues.get() {
+                    None => Err(ErrorBody::new(
                         codes::ENQUEUE_ERROR,
-                        format!("Queue '{queue}' not found: durable queues are not available in this Trine build yet"),
-                    );
-                    reply(conn, id, m.function_id, Err(body)).await;
+                        "QueueModule not loaded",
+                    )),
+                    Some(q) => {
+                        q.submit(
+                            &queue,
+                            m.function_id.clone(),
+                            m.data,
+                            m.traceparent,
+                            m.baggage,
+                        )
+                        .await
+                    }
+                };
+                let Some(id) = m.invocation_id else {
+                    if let Err(e) = submitted {
+                        tracing::warn!(queue = %queue, code = %e.code, error = %e.message, "enqueue without invocation id failed");
+                    }
+                    return;
+                };
+                match submitted {
+                    Err(e) => reply(conn, id, m.function_id, Err(e)).await,
+                    Ok(stored) => {
+                        let conn = conn.clone();
+                        self.inner.tasks.spawn(async move {
+                            let outcome = stored
+                                .await
+                                .map(|receipt| Some(json!({ "messageReceiptId": receipt })));
+                            reply(&conn, id, m.function_id, outcome).await;
+                        });
+                    }
                 }
             }
             Some(TriggerAction::Void) => {

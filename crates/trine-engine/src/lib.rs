@@ -9,6 +9,7 @@
 //! - [`http`]: the `http` trigger type — route table, handler input, response mapping.
 //! - [`state`]: the `state::*` functions, the `state` trigger type and its durable delivery.
 //! - [`stream`]: stream items, `stream::send`, stream trigger types, the subscription hub.
+//! - [`queue`]: durable queues (the `Enqueue` action), durable topics, retries, dead letters.
 //! - [`logs`]: the bounded log ring fed by SDK telemetry and `engine::log::*`.
 //! - [`channels`]: one-way frame pipes (HTTP request bodies, streamed responses, worker helpers).
 //!
@@ -17,9 +18,12 @@
 
 pub mod builtins;
 pub mod channels;
+pub mod cron;
 pub mod engine;
 pub mod http;
 pub mod logs;
+pub mod pubsub;
+pub mod queue;
 pub mod registry;
 pub mod state;
 pub mod stream;

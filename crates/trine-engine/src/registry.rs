@@ -51,6 +51,11 @@ pub trait TriggerProvider: Send + Sync {
     fn register(&self, trigger: &TriggerEntry) -> Result<(), String>;
     /// Deactivates a trigger previously accepted by `register`.
     fn unregister(&self, trigger: &TriggerEntry);
+    /// Deactivates a trigger because its owner disconnected (it may come back and register it
+    /// again). Defaults to [`TriggerProvider::unregister`].
+    fn owner_gone(&self, trigger: &TriggerEntry) {
+        self.unregister(trigger)
+    }
 }
 
 #[derive(Clone)]
@@ -275,6 +280,12 @@ impl Registry {
 
     /// Removes a trigger and tells its provider. Returns whether it existed.
     pub fn remove_trigger(&mut self, id: &str, fx: &mut Effects) -> bool {
+        self.remove_trigger_as(id, fx, false)
+    }
+
+    /// Removes a trigger; `owner_gone` tells a built-in provider the owner disconnected rather
+    /// than unregistered it.
+    fn remove_trigger_as(&mut self, id: &str, fx: &mut Effects, owner_gone: bool) -> bool {
         let Some(entry) = self.triggers.remove(id) else {
             return false;
         };
@@ -284,6 +295,7 @@ impl Registry {
                 .get(&entry.trigger_type)
                 .map(|t| &t.provider)
             {
+                Some(Provider::Builtin(p)) if owner_gone => p.owner_gone(&entry),
                 Some(Provider::Builtin(p)) => p.unregister(&entry),
                 Some(Provider::Worker(p)) => fx.send(
                     p,
@@ -395,7 +407,7 @@ impl Registry {
             .map(|t| t.id.clone())
             .collect();
         for t in trig_ids {
-            self.remove_trigger(&t, fx);
+            self.remove_trigger_as(&t, fx, true);
         }
         let types: Vec<String> = self
             .trigger_types

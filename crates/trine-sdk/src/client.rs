@@ -333,13 +333,53 @@ impl Worker {
         payload: Value,
         timeout: Duration,
     ) -> Result<Value, Error> {
+        self.request(function_id, payload, None, timeout).await
+    }
+
+    /// Puts a job on a durable queue (`action: enqueue`): `function_id` runs later with
+    /// `payload`. Returns the `messageReceiptId` once the engine stored the job.
+    pub async fn enqueue(
+        &self,
+        queue: &str,
+        function_id: &str,
+        payload: Value,
+    ) -> Result<String, Error> {
+        let action = TriggerAction::Enqueue {
+            queue: queue.to_owned(),
+        };
+        let out = self
+            .request(
+                function_id,
+                payload,
+                Some(action),
+                self.shared.options.call_timeout,
+            )
+            .await?;
+        out.get("messageReceiptId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Error::Remote(ErrorBody::new(
+                    "invalid_response",
+                    format!("enqueue answered without a messageReceiptId: {out}"),
+                ))
+            })
+    }
+
+    async fn request(
+        &self,
+        function_id: &str,
+        payload: Value,
+        action: Option<TriggerAction>,
+        timeout: Duration,
+    ) -> Result<Value, Error> {
         let deadline = Instant::now() + timeout;
         let invocation_id = self.shared.ids.next_id();
         let frame = Message::InvokeFunction(InvokeFunction {
             invocation_id: Some(invocation_id.clone()),
             function_id: function_id.to_owned(),
             data: payload,
-            action: None,
+            action,
             metadata: None,
             traceparent: None,
             baggage: None,

@@ -109,8 +109,14 @@ pub struct FileConfig {
     /// iff `iii-queue`, `queue` or the legacy `QueueModule` is listed. Legacy adapter
     /// `class:` values are rewritten to `name:` so the queue module sees one shape.
     pub queue: Option<Json>,
-    /// Names of listed entries Trine does not implement (`iii-cron`, `iii-pubsub`,
-    /// `iii-exec`, external workers, `image:` entries, unknown legacy classes), in file
+    /// Raw `iii-cron` config block, `Some` iff `iii-cron`, `cron` or the legacy `CronModule`
+    /// is listed.
+    pub cron: Option<Json>,
+    /// Raw `iii-pubsub` config block, `Some` iff `iii-pubsub`, `pubsub` or the legacy
+    /// `PubSubModule` is listed.
+    pub pubsub: Option<Json>,
+    /// Names of listed entries Trine does not implement (`iii-exec`, external workers,
+    /// `image:` entries, unknown legacy classes), in file
     /// order, each once. The caller warns about them at start-up.
     pub unimplemented: Vec<String>,
     /// Non-fatal notes for the start-up log (ignored keys, empty values replaced by
@@ -128,6 +134,8 @@ impl FileConfig {
             state: Some(StateConfig::default()),
             stream: Some(StreamConfig::default()),
             queue: Some(Json::Object(JsonMap::new())),
+            cron: Some(Json::Object(JsonMap::new())),
+            pubsub: Some(Json::Object(JsonMap::new())),
             ..FileConfig::default()
         }
     }
@@ -633,6 +641,8 @@ enum Builtin {
     State,
     Stream,
     Queue,
+    Cron,
+    PubSub,
     WorkerManager,
 }
 
@@ -643,6 +653,8 @@ impl Builtin {
             Builtin::State => "iii-state",
             Builtin::Stream => "iii-stream",
             Builtin::Queue => "iii-queue",
+            Builtin::Cron => "iii-cron",
+            Builtin::PubSub => "iii-pubsub",
             Builtin::WorkerManager => "iii-worker-manager",
         }
     }
@@ -663,6 +675,8 @@ fn kind_of(name: &str) -> Kind {
         "iii-state" | "state" => Kind::Builtin(Builtin::State),
         "iii-stream" | "stream" => Kind::Builtin(Builtin::Stream),
         "iii-queue" | "queue" => Kind::Builtin(Builtin::Queue),
+        "iii-cron" | "cron" => Kind::Builtin(Builtin::Cron),
+        "iii-pubsub" | "pubsub" => Kind::Builtin(Builtin::PubSub),
         "iii-worker-manager" => Kind::Builtin(Builtin::WorkerManager),
         "iii-engine-functions" | "iii-observability" | "iii-telemetry" | "configuration" => {
             Kind::Mandatory
@@ -679,6 +693,8 @@ fn legacy_module_name(class: &str) -> &str {
         "modules::stream::StreamModule" | "modules::streams::StreamModule" => "iii-stream",
         "modules::state::StateModule" => "iii-state",
         "modules::queue::QueueModule" => "iii-queue",
+        "modules::cron::CronModule" => "iii-cron",
+        "modules::pubsub::PubSubModule" => "iii-pubsub",
         other => other,
     }
 }
@@ -816,6 +832,8 @@ fn build(doc: &Yaml) -> Result<FileConfig, ConfigError> {
                     Builtin::State => cfg.state = Some(parse_state(entry.config, w)?),
                     Builtin::Stream => cfg.stream = Some(parse_stream(entry.config, w)?),
                     Builtin::Queue => cfg.queue = Some(parse_queue(entry.config)?),
+                    Builtin::Cron => cfg.cron = Some(raw_block("iii-cron", entry.config)?),
+                    Builtin::PubSub => cfg.pubsub = Some(raw_block("iii-pubsub", entry.config)?),
                     Builtin::WorkerManager => {
                         cfg.worker_manager = parse_worker_manager(entry.config, w)?
                     }
@@ -1224,6 +1242,15 @@ fn parse_worker_manager(
 
 /// Keeps the queue block raw for the queue module, only rewriting a legacy adapter
 /// `class:` to `name:`.
+/// A worker's config block as JSON (`{}` when absent), for modules that read it themselves.
+fn raw_block(worker: &str, config: Option<&Yaml>) -> Result<Json, ConfigError> {
+    let b = Block::new(worker, config)?;
+    match b.map {
+        None => Ok(Json::Object(JsonMap::new())),
+        Some(map) => to_json(worker, &Yaml::Mapping(map.clone())),
+    }
+}
+
 fn parse_queue(config: Option<&Yaml>) -> Result<Json, ConfigError> {
     let b = Block::new("iii-queue", config)?;
     let mut json = match b.map {
@@ -2073,8 +2100,8 @@ workers:
 
     #[test]
     fn workers_come_before_modules() {
-        let cfg = ok("modules:\n  - name: iii-cron\nworkers:\n  - name: iii-pubsub\n");
-        assert_eq!(cfg.unimplemented, vec!["iii-pubsub", "iii-cron"]);
+        let cfg = ok("modules:\n  - name: iii-exec\nworkers:\n  - name: my-ext\n");
+        assert_eq!(cfg.unimplemented, vec!["my-ext", "iii-exec"]);
         let e = err("modules:\n  - name: iii-http\nworkers:\n  - name: iii-http\n");
         assert!(
             matches!(e, ConfigError::DuplicateModule { first, second, .. } if first == "workers[0]" && second == "modules[0]")
@@ -2167,19 +2194,15 @@ workers:
 
     #[test]
     fn unimplemented_workers_are_listed_not_rejected() {
-        let text = "workers:\n  - name: iii-cron\n  - name: iii-pubsub\n    config: {adapter: {name: local}}\n  - name: iii-exec\n  - name: my-external\n  - name: pdf-worker\n    image: ghcr.io/acme/pdf:1\n  - name: iii-cron\n";
+        let text = "workers:\n  - name: iii-cron\n  - name: iii-pubsub\n    config: {adapter: {name: local}}\n  - name: iii-exec\n  - name: my-external\n  - name: pdf-worker\n    image: ghcr.io/acme/pdf:1\n  - name: iii-exec\n";
         let cfg = ok(text);
         assert_eq!(
             cfg.unimplemented,
-            vec![
-                "iii-cron",
-                "iii-pubsub",
-                "iii-exec",
-                "my-external",
-                "pdf-worker"
-            ]
+            vec!["iii-exec", "my-external", "pdf-worker"]
         );
         assert!(cfg.http.is_none());
+        assert_eq!(cfg.cron, Some(json!({})));
+        assert_eq!(cfg.pubsub, Some(json!({"adapter": {"name": "local"}})));
     }
 
     #[test]
@@ -2308,12 +2331,9 @@ modules:
         );
         assert_eq!(
             cfg.unimplemented,
-            vec![
-                "modules::pubsub::PubSubModule",
-                "modules::cron::CronModule",
-                "modules::observability::OtelModule"
-            ]
+            vec!["modules::observability::OtelModule"]
         );
+        assert!(cfg.cron.is_some() && cfg.pubsub.is_some());
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     }
 
@@ -2388,7 +2408,8 @@ workers:
         );
         assert_eq!(cfg.http.as_ref().unwrap().port, Some(3111));
         assert!(cfg.queue.is_some());
-        assert_eq!(cfg.unimplemented, vec!["iii-pubsub", "iii-cron"]);
+        assert!(cfg.unimplemented.is_empty(), "{:?}", cfg.unimplemented);
+        assert!(cfg.cron.is_some() && cfg.pubsub.is_some());
         assert!(has_warning(&cfg, "iii-observability"));
     }
 

@@ -53,11 +53,22 @@ pub enum Space {
     StreamOrder,
     /// Non-empty stream groups: `(stream, group)` → item count and next insertion order.
     StreamGroups,
+    /// Queue jobs waiting, delayed or in flight: `(queue, sequence)` → job record.
+    QueueJobs,
+    /// Attempts made on a job so far (written without a forced fsync): `(queue, sequence)` →
+    /// attempt count and last error.
+    QueueAttempts,
+    /// Dead-lettered jobs: `(queue, sequence)` → dead-letter record.
+    QueueDead,
+    /// Durable topic subscriptions: `(topic, function id)` → subscription settings.
+    QueueTopics,
+    /// Last fired tick of each cron schedule: schedule key → tick time.
+    CronTicks,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 15] = [
         Space::Meta,
         Space::StateData,
         Space::StateOrder,
@@ -68,6 +79,11 @@ impl Space {
         Space::StreamData,
         Space::StreamOrder,
         Space::StreamGroups,
+        Space::QueueJobs,
+        Space::QueueAttempts,
+        Space::QueueDead,
+        Space::QueueTopics,
+        Space::CronTicks,
     ];
 
     /// Stable on-disk name of the space.
@@ -83,6 +99,11 @@ impl Space {
             Space::StreamData => "stream_data",
             Space::StreamOrder => "stream_order",
             Space::StreamGroups => "stream_groups",
+            Space::QueueJobs => "queue_jobs",
+            Space::QueueAttempts => "queue_attempts",
+            Space::QueueDead => "queue_dead",
+            Space::QueueTopics => "queue_topics",
+            Space::CronTicks => "cron_ticks",
         }
     }
 }

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// doubles per attempt, up to 10 s [default: 100].
     #[arg(long, env = "TRINE_TRIGGER_RETRY_MS")]
     pub trigger_retry_ms: Option<u64>,
+    /// Queue job storage: `file_based` (durable: a receipt is sent once the job is on disk) or
+    /// `in_memory` [default: file_based; with --config, what its iii-queue adapter says].
+    #[arg(long, env = "TRINE_QUEUE_STORE", value_enum)]
+    pub queue_store: Option<StateStore>,
     /// Read cache of the file store, in MiB [default: 64].
     #[arg(long, env = "TRINE_STATE_CACHE_MB")]
     pub state_cache_mb: Option<u64>,

@@ -97,6 +97,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut state_config = Some(config::StateConfig::default());
     let mut state_from_file = false;
     let mut stream_auth: Option<String> = None;
+    // Without a config file the queue, cron and pub/sub modules run with defaults.
+    let mut queue_block = Some(json!({}));
+    let mut cron_block = Some(json!({}));
+    let mut pubsub_block = Some(json!({}));
 
     if let Some(path) = &args.config {
         let file = config::load(path)
@@ -110,9 +114,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "config lists workers Trine does not implement yet; they are not started"
             );
         }
-        if file.queue.is_some() {
-            tracing::warn!("config: iii-queue is not available in this Trine build yet; its block is validated but not started");
-        }
+        queue_block = file.queue.clone();
+        cron_block = file.cron.clone();
+        pubsub_block = file.pubsub.clone();
         apply_file(&mut settings, &file);
         state_config = file.state.clone();
         state_from_file = true;
@@ -179,6 +183,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
 
     let engine = Engine::new(engine_config);
+    // The engine's durable store, when state runs on the file store (shared by queues and cron).
+    let mut durable_store: Option<Arc<dyn Store>> = None;
     // State and streams share one store (and one group-committing writer). It is opened when
     // either module runs; the state functions only when iii-state is on.
     if state_config.is_some() || settings.stream.enabled {
@@ -189,7 +195,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if !functions {
             tracing::info!("state functions off (the config file does not list iii-state); the store serves streams");
         }
-        plan.start(&engine)?;
+        durable_store = plan.start(&engine)?;
     } else {
         tracing::info!("state module off (the config file does not list iii-state)");
     }
@@ -201,6 +207,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine
             .enable_streams(options)
             .map_err(|e| anyhow::anyhow!("starting the stream module: {e}"))?;
+    }
+    if let Some(block) = &queue_block {
+        let store = start_queues(
+            &engine,
+            &args,
+            block,
+            state_from_file,
+            &data_dir,
+            &durable_store,
+        )?;
+        if durable_store.is_none() {
+            durable_store = store;
+        }
+    } else {
+        tracing::info!("queue module off (the config file does not list iii-queue)");
+    }
+    if let Some(block) = &cron_block {
+        check_adapter("iii-cron", block, &["kv"])?;
+        if durable_store.is_none() {
+            tracing::info!("cron: no durable store; a tick could run again after a restart");
+        }
+        trine_engine::cron::install(&engine, durable_store.clone());
+    }
+    if let Some(block) = &pubsub_block {
+        check_adapter("iii-pubsub", block, &["local"])?;
+        trine_engine::pubsub::install(&engine);
     }
     let shutdown = CancellationToken::new();
     let addrs = trine_server::start(&engine, &settings, shutdown.clone()).await?;
@@ -297,7 +329,8 @@ impl StatePlan {
         })
     }
 
-    fn start(self, engine: &Engine) -> anyhow::Result<()> {
+    /// Opens the store and starts the state module; returns the store when it is durable.
+    fn start(self, engine: &Engine) -> anyhow::Result<Option<Arc<dyn Store>>> {
         let store: Arc<dyn Store> = match self.store {
             StateStore::InMemory => {
                 tracing::info!("state: in memory (nothing survives a restart)");
@@ -317,11 +350,85 @@ impl StatePlan {
                 Arc::new(s)
             }
         };
+        let durable = store.info().durable.then(|| store.clone());
         engine
             .enable_state(store, self.options)
             .context("starting the state module")?;
-        Ok(())
+        Ok(durable)
     }
+}
+
+/// Refuses adapters a module does not have in this build (the block's `adapter.name`).
+fn check_adapter(worker: &str, block: &serde_json::Value, known: &[&str]) -> anyhow::Result<()> {
+    let name = block
+        .get("adapter")
+        .and_then(|a| a.get("name"))
+        .and_then(|n| n.as_str());
+    match name {
+        None => Ok(()),
+        Some(n) if known.contains(&n) => Ok(()),
+        Some(n) => anyhow::bail!(
+            "{worker} adapter `{n}` is not available in this Trine build; use {}",
+            known.join(" or ")
+        ),
+    }
+}
+
+/// Reads the `iii-queue` block, picks the queue store and starts the queue module. Returns the
+/// store it opened when that store is durable and new.
+fn start_queues(
+    engine: &Engine,
+    args: &ServeArgs,
+    block: &serde_json::Value,
+    from_file: bool,
+    data_dir: &Path,
+    shared: &Option<Arc<dyn Store>>,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    use trine_engine::queue::config::{parse, QueueStorage};
+    let parsed = parse(block)
+        .map_err(|e| anyhow::anyhow!("failed to initialize worker 'iii-queue': {e}"))?;
+    for w in &parsed.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let storage = match (args.queue_store, parsed.storage) {
+        (Some(StateStore::InMemory), _) => QueueStorage::InMemory,
+        (Some(StateStore::FileBased), _) => QueueStorage::Durable,
+        (None, Some(s)) => s,
+        // iii's builtin adapter defaults to in_memory; without a config file Trine is durable.
+        (None, None) if from_file => QueueStorage::InMemory,
+        (None, None) => QueueStorage::Durable,
+    };
+    let mut opened = None;
+    let store: Arc<dyn Store> = match storage {
+        QueueStorage::InMemory => {
+            tracing::info!("queues: in memory (jobs do not survive a restart)");
+            Arc::new(MemoryStore::new())
+        }
+        QueueStorage::Durable => match shared {
+            Some(s) => {
+                if parsed.file_path.is_some() {
+                    tracing::info!("iii-queue file_path: queue jobs live in the engine's durable store (one store per engine)");
+                }
+                s.clone()
+            }
+            None => {
+                let dir = match &parsed.file_path {
+                    Some(p) if !p.is_empty() => PathBuf::from(p),
+                    _ => data_dir.join("queue"),
+                };
+                let s: Arc<dyn Store> = Arc::new(
+                    FileStore::open(&dir, FileStoreOptions::default())
+                        .with_context(|| format!("opening the queue store in {}", dir.display()))?,
+                );
+                opened = Some(s.clone());
+                s
+            }
+        },
+    };
+    engine
+        .enable_queues(store, parsed.options)
+        .context("starting the queue module")?;
+    Ok(opened)
 }
 
 async fn wait_for_signal() {
