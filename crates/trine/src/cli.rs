@@ -24,6 +24,59 @@ pub enum Command {
     Call(CallArgs),
     /// Print kept log records (optionally following new ones).
     Logs(LogsArgs),
+    /// Inspect and manage the durable queues of a running engine.
+    Queue(QueueArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    pub command: QueueCommand,
+    /// Engine worker URL.
+    #[arg(
+        long,
+        global = true,
+        env = "TRINE_URL",
+        default_value = "ws://127.0.0.1:49134"
+    )]
+    pub url: String,
+    /// Print the engine's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// List queues and topics with their counts.
+    Ls,
+    /// Counts of one queue or topic; with --message-id, where that job is.
+    Status {
+        queue: String,
+        /// A job id or a messageReceiptId.
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+    /// Dead-lettered jobs of a queue or topic, newest first.
+    Dlq {
+        queue: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Move dead-lettered jobs back to the end of their queue (all, or one with --message-id).
+    Redrive {
+        queue: String,
+        /// A job id (as `trine queue dlq` shows) or a messageReceiptId.
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+    /// Delete one dead-lettered job.
+    Discard {
+        queue: String,
+        #[arg(long)]
+        message_id: String,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

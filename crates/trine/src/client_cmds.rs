@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use trine_sdk::{Error, Worker, WorkerOptions};
 
-use crate::cli::{CallArgs, LogsArgs};
+use crate::cli::{CallArgs, LogsArgs, QueueArgs, QueueCommand};
 
 async fn connect(url: &str, name: &str) -> anyhow::Result<Worker> {
     Worker::connect(
@@ -110,4 +110,152 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     }
     worker.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `trine queue ...`: calls the queue management functions and prints the answer.
+pub async fn queue(args: QueueArgs) -> anyhow::Result<ExitCode> {
+    let (function, payload) = match &args.command {
+        QueueCommand::Ls => ("engine::queue::list", json!({})),
+        QueueCommand::Status { queue, message_id } => (
+            "iii::queue::status",
+            json!({"queue": queue, "message_id": message_id}),
+        ),
+        QueueCommand::Dlq {
+            queue,
+            limit,
+            offset,
+        } => (
+            "engine::queue::dlq_messages",
+            json!({"topic": queue, "limit": limit, "offset": offset}),
+        ),
+        QueueCommand::Redrive {
+            queue,
+            message_id: None,
+        } => ("iii::queue::redrive", json!({"queue": queue})),
+        QueueCommand::Redrive {
+            queue,
+            message_id: Some(id),
+        } => (
+            "iii::queue::redrive_message",
+            json!({"queue": queue, "message_id": id}),
+        ),
+        QueueCommand::Discard { queue, message_id } => (
+            "iii::queue::discard_message",
+            json!({"queue": queue, "message_id": message_id}),
+        ),
+    };
+    let worker = connect(&args.url, "trine-cli").await?;
+    let outcome = worker.call(function, payload).await;
+    worker.shutdown().await;
+    let value = match outcome {
+        Ok(v) => v,
+        Err(Error::Remote(body)) => {
+            eprintln!("error {}: {}", body.code, body.message);
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &args.command {
+        QueueCommand::Ls => print_queues(&value),
+        QueueCommand::Status { .. } => print_status(&value),
+        QueueCommand::Dlq { .. } => print_dead_letters(&value),
+        QueueCommand::Redrive { queue, .. } => {
+            println!(
+                "{} job(s) of {queue} moved back to the queue",
+                value["redriven"]
+            );
+        }
+        QueueCommand::Discard { queue, .. } => {
+            println!(
+                "{} dead-lettered job(s) of {queue} discarded",
+                value["redriven"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn num(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_queues(list: &Value) {
+    let rows = list.as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<28} {:<6} {:<9} {:>5} {:>9} {:>8} {:>9} {:>11} {:>6}",
+        "NAME", "KIND", "TYPE", "CONC", "WAITING", "DELAYED", "IN_FLIGHT", "NO_HANDLER", "DLQ"
+    );
+    for q in &rows {
+        println!(
+            "{:<28} {:<6} {:<9} {:>5} {:>9} {:>8} {:>9} {:>11} {:>6}",
+            num(&q["name"]),
+            num(&q["kind"]),
+            num(&q["type"]),
+            num(&q["concurrency"]),
+            num(&q["waiting"]),
+            num(&q["delayed"]),
+            num(&q["in_flight"]),
+            num(&q["waiting_for_handler"]),
+            num(&q["dlq_count"]),
+        );
+    }
+    if rows.is_empty() {
+        println!("(no queues)");
+    }
+}
+
+fn print_status(s: &Value) {
+    for key in [
+        "queue",
+        "kind",
+        "type",
+        "concurrency",
+        "max_retries",
+        "waiting",
+        "delayed",
+        "in_flight",
+        "waiting_for_handler",
+        "dlq_count",
+        "enqueued",
+        "delivered",
+        "failed_attempts",
+        "dead_lettered",
+        "durable",
+    ] {
+        println!("{key:<20} {}", num(&s[key]));
+    }
+    if let Some(m) = s.get("message") {
+        println!("message              {m}");
+    }
+}
+
+fn print_dead_letters(list: &Value) {
+    let rows = list.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("(no dead-lettered jobs)");
+        return;
+    }
+    for m in &rows {
+        println!(
+            "{}  failed_at={}  attempts={}  function={}  receipt={}",
+            num(&m["id"]),
+            num(&m["failed_at"]),
+            num(&m["retries"]),
+            num(&m["function_id"]),
+            num(&m["message_id"]),
+        );
+        println!("    error: {} {}", num(&m["error_code"]), num(&m["error"]));
+        println!("    payload: {}", m["payload"]);
+    }
 }

@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Call(args) => client_cmds::call(args).await,
             cli::Command::Logs(args) => client_cmds::logs(args).await,
+            cli::Command::Queue(args) => client_cmds::queue(args).await,
         }
     });
     match result {

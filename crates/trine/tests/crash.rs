@@ -43,11 +43,12 @@
 
 #![cfg(unix)]
 
+mod support;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +57,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use trine_sdk::{ErrorBody, Worker, WorkerOptions};
 
+use support::{env_parse, tail, EngineProcess, Rng};
+
 const SCOPE: &str = "crash";
 /// Size of the padding in every value (so a commit writes a realistic amount of data).
 const PAD_BYTES: usize = 1024;
@@ -63,6 +66,8 @@ const WRITERS: usize = 16;
 const KEYS: usize = 32;
 const RECORD_FN: &str = "crash::record";
 const DEFAULT_ITERATIONS: usize = 20;
+/// A small write-ahead log, so kills also land during and right after checkpoints.
+const CHECKPOINT_ARGS: &[&str] = &["--state-checkpoint-mb", "1"];
 /// Keys below this one (`k00`..`k07`) have a slow trigger handler: their events are written
 /// faster than they are delivered, so their lanes build a backlog and the outbox holds several
 /// owed events per key at each kill (recovery must resume them in order).
@@ -72,43 +77,9 @@ const SLOW_HANDLER: Duration = Duration::from_millis(20);
 const KILL_AFTER_MS: std::ops::Range<u64> = 100..600;
 /// How long the trigger may take to catch up after a restart.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-/// xorshift64*: kill timings only; the seed is printed so a run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn range(&mut self, r: std::ops::Range<u64>) -> u64 {
-        r.start + self.next() % (r.end - r.start)
-    }
-}
-
-fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
-    )
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 fn counter(v: &Value) -> Option<u64> {
     v.get("n").and_then(Value::as_u64)
@@ -138,125 +109,6 @@ fn strip(v: &mut Value) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The engine process
-
-struct EngineProcess {
-    /// Shared with the [`KillSwitch`] so a writer task can kill the engine.
-    child: Arc<Mutex<Child>>,
-    run: usize,
-    worker_url: String,
-    log: PathBuf,
-}
-
-impl EngineProcess {
-    /// Starts `trine serve` on `data_dir` and waits for its ready line. `worker_port` 0 lets the
-    /// engine pick one. Retries a few times if the port is still held (only after a restart).
-    fn start(root: &Path, run: usize, worker_port: u16) -> Result<EngineProcess, String> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match Self::start_once(root, run, worker_port, attempt) {
-                Ok(p) => return Ok(p),
-                Err((msg, in_use)) if in_use && attempt < 30 => {
-                    eprintln!("run {run}: worker port {worker_port} busy, retrying ({msg})");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((msg, _)) => return Err(msg),
-            }
-        }
-    }
-
-    fn start_once(
-        root: &Path,
-        run: usize,
-        worker_port: u16,
-        attempt: usize,
-    ) -> Result<EngineProcess, (String, bool)> {
-        let data_dir = root.join("data");
-        let log = root.join(format!("engine-{run:03}-{attempt}.log"));
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| (format!("creating {}: {e}", log.display()), false))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trine"));
-        cmd.arg("serve")
-            .args(["--worker-port", &worker_port.to_string()])
-            .args(["--http-port", "0", "--stream-port", "0"])
-            // A small write-ahead log, so kills also land during and right after checkpoints.
-            .args(["--state-checkpoint-mb", "1"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        // Nothing from the caller's environment may change the engine under test.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TRINE_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("TRINE_LOG", "info");
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| (format!("spawning the trine binary: {e}"), false))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            // Keep draining stdout for the life of the process.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("trine ready ") {
-                    let _ = tx.send(rest.to_owned());
-                }
-            }
-        });
-        let ready = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                let log_tail = tail(&log, 30);
-                let in_use = log_tail.contains("in use");
-                return Err((
-                    format!(
-                        "engine run {run} did not print its ready line within {READY_TIMEOUT:?} \
-                         (exit status {status:?}); log {}:\n{log_tail}",
-                        log.display()
-                    ),
-                    in_use,
-                ));
-            }
-        };
-        let v: Value = serde_json::from_str(&ready)
-            .map_err(|e| (format!("ready line is not JSON ({e}): {ready}"), false))?;
-        let worker_url = v["worker_url"]
-            .as_str()
-            .ok_or_else(|| (format!("ready line has no worker_url: {ready}"), false))?
-            .to_owned();
-        Ok(EngineProcess {
-            child: Arc::new(Mutex::new(child)),
-            run,
-            worker_url,
-            log,
-        })
-    }
-
-    fn port(&self) -> u16 {
-        self.worker_url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {}", self.worker_url))
-    }
-
-    /// SIGKILL (what `Child::kill` sends on unix), then reap.
-    fn kill(&mut self) {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
 /// Kills the engine once, from whichever task gets there first.
 struct KillSwitch {
     child: Arc<Mutex<Child>>,
@@ -271,12 +123,6 @@ impl KillSwitch {
         if !self.fired.swap(true, Ordering::SeqCst) {
             let _ = self.child.lock().unwrap_or_else(|e| e.into_inner()).kill();
         }
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -748,9 +594,11 @@ impl Ctx {
     async fn start_engine(&mut self, run: usize, port: u16) -> Result<Duration, String> {
         let started = Instant::now();
         let root = self.root.clone();
-        let engine = tokio::task::spawn_blocking(move || EngineProcess::start(&root, run, port))
-            .await
-            .map_err(|e| format!("start task failed: {e}"))??;
+        let engine = tokio::task::spawn_blocking(move || {
+            EngineProcess::start(&root, run, port, CHECKPOINT_ARGS)
+        })
+        .await
+        .map_err(|e| format!("start task failed: {e}"))??;
         self.engine = Some(engine);
         Ok(started.elapsed())
     }
@@ -849,7 +697,7 @@ async fn acknowledged_writes_and_their_events_survive_sigkill() {
     );
 
     let run_index = Arc::new(AtomicUsize::new(0));
-    let engine = match EngineProcess::start(&root, 0, 0) {
+    let engine = match EngineProcess::start(&root, 0, 0, CHECKPOINT_ARGS) {
         Ok(e) => e,
         Err(e) => panic!("{e}\n(data and logs kept in {})", root.display()),
     };
