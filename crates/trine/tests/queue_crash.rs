@@ -78,7 +78,7 @@ async fn job_worker(url: &str, runs: &Runs) -> Worker {
                 *c += 1;
                 *c == 1
             };
-            if first && key.1 % 10 == 0 {
+            if first && key.1.is_multiple_of(10) {
                 return Err(ErrorBody::new("planned", "first delivery fails on purpose"));
             }
             Ok(Value::Null)
@@ -137,7 +137,7 @@ async fn acknowledged_jobs_survive_sigkill_and_wait_for_their_worker() {
     let args = ["--config", "config.yaml"];
     let runs: Runs = Arc::default();
     let mut acked: HashSet<(u64, u64)> = HashSet::new();
-    let mut next_n = vec![0u64; PRODUCERS];
+    let mut next_n = [0u64; PRODUCERS];
     let started = Instant::now();
 
     let mut engine = EngineProcess::start(&root, 0, 0, &args).expect("engine starts");
@@ -193,7 +193,7 @@ async fn acknowledged_jobs_survive_sigkill_and_wait_for_their_worker() {
                 .filter(|k| {
                     let c = r.get(k).copied().unwrap_or(0);
                     // Planned failures need a second run.
-                    c == 0 || (k.1 % 10 == 0 && c < 2)
+                    c == 0 || (k.1.is_multiple_of(10) && c < 2)
                 })
                 .copied()
                 .collect()

@@ -4,7 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, existsSync, createWriteStream } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, createWriteStream, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import os from 'node:os';
@@ -124,7 +124,12 @@ export const uniq = (prefix = 'c') => `${prefix}${randomUUID().slice(0, 8)}`;
 let engineCounter = 0;
 
 export class Engine {
-  constructor({ extraArgs = [], ports = {}, dataDir, host = '127.0.0.1', env = {} } = {}) {
+  /**
+   * `config`: the text of an iii `config.yaml`; it is written into the engine's working directory
+   * and passed with `--config` (only the workers it lists run, so `http_url`/`stream_url` may be
+   * null when it lists no `iii-http`/`iii-stream`).
+   */
+  constructor({ extraArgs = [], ports = {}, dataDir, host = '127.0.0.1', env = {}, config } = {}) {
     this.extraArgs = extraArgs;
     this.host = host;
     this.ports = { worker: ports.worker ?? 0, http: ports.http ?? 0, stream: ports.stream ?? 0 };
@@ -132,6 +137,11 @@ export class Engine {
     this.dataDir = dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'trine-compat-data-'));
     this.cwd = mkdtempSync(path.join(os.tmpdir(), 'trine-compat-cwd-'));
     this.env = env;
+    this.configPath = undefined;
+    if (config !== undefined) {
+      this.configPath = path.join(this.cwd, 'config.yaml');
+      writeFileSync(this.configPath, config);
+    }
     this.proc = undefined;
     this.stderrChunks = [];
     this.stdoutChunks = [];
@@ -146,6 +156,7 @@ export class Engine {
       '--http-port', String(this.ports.http),
       '--stream-port', String(this.ports.stream),
       '--data-dir', this.dataDir,
+      ...(this.configPath ? ['--config', this.configPath] : []),
       ...this.extraArgs,
     ];
   }
@@ -201,11 +212,13 @@ export class Engine {
     this.workerUrl = info.worker_url;
     this.httpUrl = info.http_url;
     this.streamUrl = info.stream_url;
-    // Remember the bound ports so that a restart comes back on the same addresses.
+    // Remember the bound ports so that a restart comes back on the same addresses (a listener the
+    // config file does not enable is reported as null).
+    const portOf = (url, fallback) => (url ? Number(new URL(url).port) : fallback);
     this.ports = {
-      worker: Number(new URL(info.worker_url).port),
-      http: Number(new URL(info.http_url).port),
-      stream: Number(new URL(info.stream_url).port),
+      worker: portOf(info.worker_url, this.ports.worker),
+      http: portOf(info.http_url, this.ports.http),
+      stream: portOf(info.stream_url, this.ports.stream),
     };
     return this;
   }
