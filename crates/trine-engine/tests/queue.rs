@@ -776,3 +776,31 @@ async fn management_listings_have_the_reference_shapes() {
         (Some("fifo"), Some(4))
     );
 }
+
+#[tokio::test]
+async fn fifo_order_holds_across_a_restart_with_a_failing_head() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let e1 = engine_on(store.clone(), standard_config());
+    let mut w1 = FakeWorker::connect(&e1);
+    w1.register_function(&e1, "h").await;
+    for n in 1..=3 {
+        w1.enqueue_ok(&e1, "f", "h", json!({"g": "a", "n": n})).await;
+    }
+    // The head fails once, then the engine stops while it waits out its backoff.
+    let inv = w1.next_call().await;
+    assert_eq!(inv.data["n"], 1);
+    w1.answer(&e1, &inv, Err("transient")).await;
+    e1.queues().unwrap().sync().await.unwrap();
+    e1.shutdown().await;
+    drop(e1);
+
+    let e2 = engine_on(store, standard_config());
+    let mut w2 = FakeWorker::connect(&e2);
+    w2.register_function(&e2, "h").await;
+    for n in 1..=3 {
+        let inv = w2.next_call().await;
+        assert_eq!(inv.data["n"], n, "the failed head still comes first");
+        w2.answer(&e2, &inv, Ok(Value::Null)).await;
+    }
+    until("settled", async || status(&e2, "f").await["pending"] == 0).await;
+}
