@@ -240,14 +240,25 @@ impl QueueRt {
     /// Makes parked units runnable again when their function is registered (per `registered`)
     /// or when they have waited longer than `grace`. Returns whether anything is still parked.
     pub fn unpark(&self, registered: impl Fn(&str) -> bool, grace: Duration) -> bool {
+        // Look the functions up without holding the scheduler lock (`registered` takes the
+        // registry lock; the scheduler lock is never held while taking another).
+        let functions: Vec<Arc<str>> = {
+            let s = lock(&self.sched);
+            if s.parked_count == 0 {
+                return false;
+            }
+            s.parked.keys().cloned().collect()
+        };
+        let available: Vec<(Arc<str>, bool)> = functions
+            .into_iter()
+            .map(|f| {
+                let ok = registered(&f);
+                (f, ok)
+            })
+            .collect();
         let mut s = lock(&self.sched);
-        if s.parked_count == 0 {
-            return false;
-        }
-        let functions: Vec<Arc<str>> = s.parked.keys().cloned().collect();
         let mut moved = false;
-        for f in functions {
-            let available = registered(&f);
+        for (f, available) in available {
             let Some(list) = s.parked.remove(&f) else {
                 continue;
             };
