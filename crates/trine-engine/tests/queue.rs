@@ -784,7 +784,8 @@ async fn fifo_order_holds_across_a_restart_with_a_failing_head() {
     let mut w1 = FakeWorker::connect(&e1);
     w1.register_function(&e1, "h").await;
     for n in 1..=3 {
-        w1.enqueue_ok(&e1, "f", "h", json!({"g": "a", "n": n})).await;
+        w1.enqueue_ok(&e1, "f", "h", json!({"g": "a", "n": n}))
+            .await;
     }
     // The head fails once, then the engine stops while it waits out its backoff.
     let inv = w1.next_call().await;
