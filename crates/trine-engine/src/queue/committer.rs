@@ -54,10 +54,11 @@ pub(crate) enum Cmd {
         seq: u64,
         attempts: Attempts,
     },
-    /// A job exhausted its attempts.
+    /// A job exhausted its attempts: once the dead letter is stored, the job leaves its
+    /// queue (so counts and listings never disagree, and a FIFO group moves on only then).
     Dead {
-        queue: QueueId,
-        seq: u64,
+        rt: Arc<QueueRt>,
+        job: JobRef,
         attempts: u32,
         error: StoredError,
     },
@@ -163,14 +164,20 @@ impl Committer {
                     p.batch.put(Space::QueueAttempts, k, v);
                 }
                 Cmd::Dead {
-                    queue,
-                    seq,
+                    rt,
+                    job,
                     attempts,
                     error,
                 } => {
-                    if let Err(e) = self.dead(&mut p, &queue, seq, attempts, error) {
-                        tracing::error!(queue = %queue.display_name(), seq, error = %e, "queue: could not dead-letter a job; it stays queued and runs again after a restart");
+                    if let Err(e) = self.dead(&mut p, &rt.id, job.seq, attempts, error) {
+                        tracing::error!(queue = %rt.id.display_name(), seq = job.seq, error = %e, "queue: could not dead-letter a job; it stays queued and runs again after a restart");
                     }
+                    p.after.push(Box::new(move |r| {
+                        if r.is_ok() {
+                            rt.dead.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        }
+                        rt.finish(&job);
+                    }));
                 }
                 Cmd::Redrive { rt, which, reply } => {
                     self.flush(&mut p);

@@ -594,18 +594,17 @@ impl QueueModule {
                 };
                 if job.attempts >= job.max_attempts.max(1) {
                     rt.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    rt.dead.fetch_add(1, Ordering::AcqRel);
                     tracing::warn!(queue = %rt.id.display_name(), function_id = %job.function,
                         attempts = job.attempts, code = %e.code, error = %e.message,
                         "queue job dead-lettered");
+                    let attempts = job.attempts;
                     self.settle(Cmd::Dead {
-                        queue: rt.id.clone(),
-                        seq: job.seq,
-                        attempts: job.attempts,
+                        rt: rt.clone(),
+                        job,
+                        attempts,
                         error,
                     })
                     .await;
-                    rt.finish(&job);
                 } else {
                     let s = rt.settings();
                     let mut backoff = s.clone();
