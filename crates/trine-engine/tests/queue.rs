@@ -805,3 +805,30 @@ async fn fifo_order_holds_across_a_restart_with_a_failing_head() {
     }
     until("settled", async || status(&e2, "f").await["pending"] == 0).await;
 }
+
+#[tokio::test]
+async fn a_call_refused_as_overloaded_does_not_use_an_attempt() {
+    let e = Engine::new(EngineConfig {
+        max_inflight_per_worker: 1,
+        ..EngineConfig::default()
+    });
+    e.enable_queues(
+        Arc::new(MemoryStore::new()),
+        options(json!({"queue_configs": {"w": {"concurrency": 2, "max_retries": 1}}})),
+    )
+    .unwrap();
+    let mut w = FakeWorker::connect(&e);
+    w.register_function(&e, "h").await;
+    w.enqueue_ok(&e, "w", "h", json!(1)).await;
+    w.enqueue_ok(&e, "w", "h", json!(2)).await;
+    // The worker takes one call at a time: the second job is refused as overloaded until the
+    // first is answered, and must then still run (it has a single attempt).
+    let first = w.next_call().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.answer(&e, &first, Ok(Value::Null)).await;
+    let second = w.next_call().await;
+    assert_ne!(first.data, second.data);
+    w.answer(&e, &second, Ok(Value::Null)).await;
+    until("settled", async || status(&e, "w").await["pending"] == 0).await;
+    assert_eq!(status(&e, "w").await["dlq_count"], 0);
+}

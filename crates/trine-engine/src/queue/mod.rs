@@ -572,6 +572,12 @@ impl QueueModule {
                 rt.finish(&job);
             }
             Err(e) if e.code == "__gone" => rt.finish(&job),
+            Err(e) if e.code == proto_codes::OVERLOADED => {
+                // The call never reached the handler (the worker's in-flight or outbound bound
+                // was full): try again shortly without using an attempt.
+                tracing::debug!(queue = %rt.id.display_name(), function_id = %job.function, error = %e.message, "queue: target overloaded; retrying");
+                rt.retry_at(job, now_ms() + 200);
+            }
             Err(e) => {
                 let missing = e.code == proto_codes::FUNCTION_NOT_FOUND;
                 if missing {
