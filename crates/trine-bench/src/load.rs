@@ -57,6 +57,11 @@ impl Recorder {
         (now < self.window.end).then_some(now)
     }
 
+    /// Whether a request started at `started` counts (inside the measured window).
+    pub fn counts(&self, started: Instant) -> bool {
+        started >= self.window.measure_from && started < self.window.end
+    }
+
     pub fn end<E: std::fmt::Display>(&mut self, started: Instant, outcome: Result<(), E>) {
         self.all_requests += 1;
         if started < self.window.measure_from {

@@ -10,6 +10,10 @@
 //!   `stream-idle-memory` (engine memory per idle subscriber), `stream-todo-latency` (the seed's
 //!   todo app: POST → `todo_changed` on the stream), `stream-slow-consumer` (readers' latency
 //!   with a client that never reads; its 4008 close).
+//! - `queues`: `queue-enqueue` (acknowledged durable enqueues from 64 and 1 closed-loop
+//!   producers vs the disk's fsync ceiling; the handler keeping up, the backlog) and
+//!   `queue-latency` (open-loop enqueues at a fixed rate → handler start); both check that every
+//!   acknowledged job ran.
 //! - `stream_client`: WebSocket subscribers, the rate-controlled publisher, the stalled client,
 //!   runtimes on threads of their own.
 //! - `engine`: the engine child process (ephemeral ports, ready line, SIGTERM/SIGKILL, restart on
@@ -24,6 +28,7 @@ mod engine;
 mod histogram;
 mod http_client;
 mod load;
+mod queues;
 mod report;
 mod scenarios;
 mod state;
@@ -37,6 +42,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::engine::{locate_binary, EngineProcess, EngineSpec};
+use crate::queues::{QueueBench, QueueConfig, QueueSettings};
 use crate::scenarios::Settings;
 use crate::state::StateSettings;
 use crate::streams::StreamSettings;
@@ -84,7 +90,7 @@ struct Cli {
     /// Concurrent writers of `state-set` (and of the loaders of `state-get` / `state-memory`).
     #[arg(long, global = true, default_value_t = 64)]
     writers: usize,
-    /// Worker connections the writers are spread over.
+    /// Worker connections the writers (and `queue-enqueue`'s producers) are spread over.
     #[arg(long, global = true, default_value_t = 4)]
     connections: usize,
     /// Compact JSON bytes of each state value.
@@ -99,9 +105,26 @@ struct Cli {
     /// Writes per second of `trigger-latency` (open loop).
     #[arg(long, global = true, default_value_t = 1000.0)]
     trigger_rate: f64,
-    /// Seconds of each fsync probe (`state-set`).
+    /// Seconds of each fsync probe (`state-set`, `queue-enqueue`).
     #[arg(long, global = true, default_value_t = 3.0)]
     fsync_seconds: f64,
+    /// Closed-loop producers of `queue-enqueue` (comma-separated: one run each).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "64,1")]
+    producers: Vec<usize>,
+    /// Compact JSON bytes of each queue job's payload.
+    #[arg(long, global = true, default_value_t = 200)]
+    job_bytes: usize,
+    /// Enqueues per second of `queue-latency` (open loop; comma-separated: one run each).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "1000")]
+    queue_rates: Vec<f64>,
+    /// `concurrency` of queue `default` in the queue scenarios: the engine then runs with a
+    /// generated config file declaring it (durable stores) [default: no config file; the
+    /// engine's default, 10].
+    #[arg(long, global = true)]
+    queue_concurrency: Option<usize>,
+    /// Seconds a queue run waits, after its producers stopped, for every acknowledged job to run.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    drain_seconds: f64,
     /// WebSocket subscribers of `stream-fanout` and `stream-idle-memory`.
     #[arg(long, global = true, default_value_t = 10_000)]
     clients: usize,
@@ -163,6 +186,12 @@ enum Scenario {
     StateMemory,
     /// All four state scenarios (a few minutes).
     State,
+    /// Acknowledged durable enqueues from concurrent producers vs the disk's fsync ceiling.
+    QueueEnqueue,
+    /// Open-loop enqueues at a fixed rate → queue handler start.
+    QueueLatency,
+    /// Both queue scenarios (about a minute).
+    Queues,
     /// N WebSocket subscribers, `stream::send` at increasing rates: deliveries/s, gaps, latency.
     StreamFanout,
     /// Engine memory per idle subscribed WebSocket client.
@@ -214,6 +243,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         get_keys: cli.get_keys.max(1),
         trigger_rate: cli.trigger_rate.max(1.0),
         fsync_duration: Duration::from_secs_f64(cli.fsync_seconds.max(0.1)),
+    };
+    let queue_settings = QueueSettings {
+        producers: cli.producers.iter().map(|&p| p.max(1)).collect(),
+        connections: cli.connections.max(1),
+        job_bytes: cli.job_bytes,
+        rates: cli
+            .queue_rates
+            .iter()
+            .copied()
+            .filter(|r| *r > 0.0)
+            .collect(),
+        fsync_duration: Duration::from_secs_f64(cli.fsync_seconds.max(0.1)),
+        drain_timeout: Duration::from_secs_f64(cli.drain_seconds.max(0.0)),
     };
 
     let stream_settings = StreamSettings {
@@ -276,6 +318,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state::print_storage(&engine);
         }
         state::state_memory(&settings, &state_settings, &mut engine).await?;
+    }
+    if matches!(cmd, QueueEnqueue | QueueLatency | Queues) {
+        // The engine's default store (durable) and its `default` queue; no config file unless
+        // `--queue-concurrency` asks for one.
+        let mut queue_spec = spec.clone();
+        let config = match cli.queue_concurrency {
+            Some(c) => Some(QueueConfig::write(&queue_spec.base_dir, c.max(1))?),
+            None => None,
+        };
+        if let Some(cfg) = &config {
+            queue_spec
+                .extra_args
+                .insert(0, format!("--config={}", cfg.path().display()));
+        }
+        let engine = EngineProcess::start(queue_spec)?;
+        state::print_storage(&engine);
+        let bench = QueueBench::start(&settings, &engine).await?;
+        if matches!(cmd, QueueEnqueue | Queues) {
+            bench.enqueue(&settings, &queue_settings, &engine).await?;
+        }
+        if matches!(cmd, QueueLatency | Queues) {
+            bench.latency(&settings, &queue_settings, &engine).await?;
+        }
+        drop(bench);
+        print_peak_rss(&engine);
     }
     if matches!(cmd, StreamFanout | Streams) {
         streams::fanout(&settings, &stream_settings, &memory_spec).await?;

@@ -259,7 +259,7 @@ pub fn print_storage(engine: &EngineProcess) {
 
 /// Both fsync probes in the engine's working directory (same file system as its data dir), run
 /// while the engine is idle.
-async fn fsync_yardstick(
+pub(crate) async fn fsync_yardstick(
     engine: &EngineProcess,
     duration: Duration,
 ) -> anyhow::Result<Vec<FsyncRun>> {
@@ -276,7 +276,7 @@ async fn fsync_yardstick(
     .await?
 }
 
-fn print_fsync_table(runs: &[FsyncRun]) {
+pub(crate) fn print_fsync_table(runs: &[FsyncRun]) {
     println!();
     println!("### yardstick: the disk's fsync ceiling (same directory as the engine's data)");
     println!();
