@@ -193,29 +193,27 @@ impl TriggerProvider for PubSub {
         ));
         // A second registration of the same id replaces the first.
         self.subscriptions.replace(|v| {
-            v.retain(|s| {
-                let same = s.trigger_id == trigger.id;
-                if same {
-                    s.stop.cancel();
-                }
-                !same
-            });
+            stop_and_remove(v, &trigger.id);
             v.push(sub);
         });
         Ok(())
     }
 
     fn unregister(&self, trigger: &TriggerEntry) {
-        self.subscriptions.replace(|v| {
-            v.retain(|s| {
-                let same = s.trigger_id == trigger.id;
-                if same {
-                    s.stop.cancel();
-                }
-                !same
-            })
-        });
+        self.subscriptions
+            .replace(|v| stop_and_remove(v, &trigger.id));
     }
+}
+
+/// Removes the subscription of `trigger_id` from `list`, stopping its task.
+fn stop_and_remove(list: &mut Vec<Arc<Subscription>>, trigger_id: &str) {
+    list.retain(|s| {
+        let same = s.trigger_id == trigger_id;
+        if same {
+            s.stop.cancel();
+        }
+        !same
+    });
 }
 
 /// Delivers one subscription's messages in order, one call at a time.

@@ -15,6 +15,7 @@ use trine_store::{for_each, Batch, Space, Store, StoreError};
 
 use super::keys::{self, Attempts, DeadHeader, JobHeader, QueueId, StoredError, Subscription};
 use super::sched::{JobRef, QueueRt};
+use crate::state::committer::next_batch;
 use crate::worker::now_ms;
 
 /// Most commands folded into one batch.
@@ -125,15 +126,7 @@ impl Committer {
     }
 
     pub fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut cmds = Vec::with_capacity(64);
-            cmds.push(first);
-            while cmds.len() < MAX_COMMANDS_PER_BATCH {
-                match self.rx.try_recv() {
-                    Ok(c) => cmds.push(c),
-                    Err(_) => break,
-                }
-            }
+        while let Some(cmds) = next_batch(&mut self.rx, MAX_COMMANDS_PER_BATCH) {
             if self.process(cmds) {
                 return;
             }
@@ -281,15 +274,8 @@ impl Committer {
                 keys::job_key(&job.rt.id, seq),
                 keys::encode(&job.header, &job.payload),
             );
-            let r = JobRef {
-                seq,
-                group: job.group,
-                function: Arc::from(job.header.function_id.as_str()),
-                max_attempts: job.header.max_attempts,
-                backoff_ms: job.header.backoff_ms,
-                attempts: 0,
-                missing_since: None,
-            };
+            let mut r = JobRef::from_header(seq, &job.header, 0);
+            r.group = job.group;
             placed.push((job.rt, r));
         }
         p.sync = true;
@@ -387,15 +373,7 @@ impl Committer {
                 keys::job_key(&rt.id, seq),
                 keys::encode(&dead.job, payload),
             );
-            placed.push(JobRef {
-                seq,
-                group: dead.job.group.as_deref().map(Arc::from),
-                function: Arc::from(dead.job.function_id.as_str()),
-                max_attempts: dead.job.max_attempts,
-                backoff_ms: dead.job.backoff_ms,
-                attempts: 0,
-                missing_since: None,
-            });
+            placed.push(JobRef::from_header(seq, &dead.job, 0));
         }
         let n = placed.len() as u64;
         rt.depth
@@ -459,15 +437,7 @@ impl Committer {
                 keys::job_key(&target.id, seq),
                 keys::encode(&h, payload),
             );
-            placed.push(JobRef {
-                seq,
-                group: None,
-                function: Arc::from(function_id),
-                max_attempts: h.max_attempts,
-                backoff_ms: h.backoff_ms,
-                attempts: 0,
-                missing_since: None,
-            });
+            placed.push(JobRef::from_header(seq, &h, 0));
         }
         if placed.is_empty() {
             return Ok(());

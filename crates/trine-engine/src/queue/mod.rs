@@ -123,15 +123,9 @@ impl QueueModule {
             let (q, s) = keys::split_job_key(&k)?;
             let h: JobHeader = keys::decode_header(&v)?;
             seq = seq.max(s);
-            jobs.entry(q).or_default().push(JobRef {
-                seq: s,
-                group: h.group.as_deref().map(Arc::from),
-                function: Arc::from(h.function_id.as_str()),
-                max_attempts: h.max_attempts,
-                backoff_ms: h.backoff_ms,
-                attempts: 0,
-                missing_since: None,
-            });
+            jobs.entry(q)
+                .or_default()
+                .push(JobRef::from_header(s, &h, 0));
             Ok(true)
         })?;
         for_each(store.as_ref(), Space::QueueAttempts, &[], 4096, |k, v| {
@@ -854,21 +848,23 @@ impl QueueModule {
         v
     }
 
-    async fn redrive_in(&self, name: &str, which: Which) -> Result<u64, String> {
+    /// Redrives (or discards) the dead letters `which` of every queue `name` addresses; a
+    /// single message stops at the first queue that had it.
+    async fn on_dead_letters(
+        &self,
+        name: &str,
+        which: Which,
+        discard: bool,
+    ) -> Result<u64, String> {
+        let one = matches!(which, Which::One(_));
         let mut total = 0;
         for rt in self.resolve(name) {
             let (reply, rx) = oneshot::channel();
-            let cmd = match &which {
-                Which::All => Cmd::Redrive {
-                    rt,
-                    which: Which::All,
-                    reply,
-                },
-                Which::One(id) => Cmd::Redrive {
-                    rt,
-                    which: Which::One(id.clone()),
-                    reply,
-                },
+            let which = which.clone();
+            let cmd = if discard {
+                Cmd::Discard { rt, which, reply }
+            } else {
+                Cmd::Redrive { rt, which, reply }
             };
             self.tx
                 .send(cmd)
@@ -877,29 +873,7 @@ impl QueueModule {
             total += rx
                 .await
                 .map_err(|_| "the queue store stopped".to_owned())??;
-            if matches!(which, Which::One(_)) && total > 0 {
-                break;
-            }
-        }
-        Ok(total)
-    }
-
-    async fn discard_in(&self, name: &str, which: Which) -> Result<u64, String> {
-        let mut total = 0;
-        for rt in self.resolve(name) {
-            let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(Cmd::Discard {
-                    rt,
-                    which: which.clone(),
-                    reply,
-                })
-                .await
-                .map_err(|_| "the queue store is stopped".to_owned())?;
-            total += rx
-                .await
-                .map_err(|_| "the queue store stopped".to_owned())??;
-            if matches!(which, Which::One(_)) && total > 0 {
+            if one && total > 0 {
                 break;
             }
         }
@@ -1197,12 +1171,15 @@ impl QueueModule {
         if queue.is_empty() {
             return Err(err(codes::QUEUE_NOT_SET, "Queue name is required"));
         }
-        let n = self.redrive_in(&queue, Which::All).await.map_err(|e| {
-            err(
-                codes::REDRIVE_FAILED,
-                format!("Failed to redrive DLQ for queue '{queue}': {e}"),
-            )
-        })?;
+        let n = self
+            .on_dead_letters(&queue, Which::All, false)
+            .await
+            .map_err(|e| {
+                err(
+                    codes::REDRIVE_FAILED,
+                    format!("Failed to redrive DLQ for queue '{queue}': {e}"),
+                )
+            })?;
         Ok(Some(json!({"queue": queue, "redriven": n})))
     }
 
@@ -1223,21 +1200,25 @@ impl QueueModule {
         }
         let which = Which::One(message_id.clone());
         let n = if discard {
-            self.discard_in(&queue, which).await.map_err(|e| {
-                err(
-                    codes::DISCARD_MESSAGE_FAILED,
-                    format!("Failed to discard DLQ message: {e}"),
-                )
-            })?
+            self.on_dead_letters(&queue, which, true)
+                .await
+                .map_err(|e| {
+                    err(
+                        codes::DISCARD_MESSAGE_FAILED,
+                        format!("Failed to discard DLQ message: {e}"),
+                    )
+                })?
         } else {
-            self.redrive_in(&queue, which).await.map_err(|e| {
-                err(
-                    codes::REDRIVE_MESSAGE_FAILED,
-                    format!(
-                        "Failed to redrive DLQ message '{message_id}' for queue '{queue}': {e}"
-                    ),
-                )
-            })?
+            self.on_dead_letters(&queue, which, false)
+                .await
+                .map_err(|e| {
+                    err(
+                        codes::REDRIVE_MESSAGE_FAILED,
+                        format!(
+                            "Failed to redrive DLQ message '{message_id}' for queue '{queue}': {e}"
+                        ),
+                    )
+                })?
         };
         Ok(Some(
             json!({"queue": queue, "message_id": message_id, "redriven": n}),

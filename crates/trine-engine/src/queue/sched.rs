@@ -37,6 +37,21 @@ pub(crate) struct JobRef {
     pub missing_since: Option<Instant>,
 }
 
+impl JobRef {
+    /// A job as stored, with `attempts` made so far.
+    pub fn from_header(seq: u64, h: &super::keys::JobHeader, attempts: u32) -> Self {
+        Self {
+            seq,
+            group: h.group.as_deref().map(Arc::from),
+            function: Arc::from(h.function_id.as_str()),
+            max_attempts: h.max_attempts,
+            backoff_ms: h.backoff_ms,
+            attempts,
+            missing_since: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Unit {
     Job(JobRef),

@@ -300,15 +300,7 @@ impl Committer {
 
     /// The thread's body: runs until a `Stop` command or until every sender is gone.
     pub fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut cmds = Vec::with_capacity(64);
-            cmds.push(first);
-            while cmds.len() < MAX_COMMANDS_PER_BATCH {
-                match self.rx.try_recv() {
-                    Ok(c) => cmds.push(c),
-                    Err(_) => break,
-                }
-            }
+        while let Some(cmds) = next_batch(&mut self.rx, MAX_COMMANDS_PER_BATCH) {
             if self.process(cmds) {
                 return;
             }
@@ -826,6 +818,21 @@ impl Committer {
         self.owed = owed;
         Ok(())
     }
+}
+
+/// Blocks for the next command, then takes every command already queued (up to `max`): one
+/// group commit's worth. `None` once every sender is gone.
+pub(crate) fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = rx.blocking_recv()?;
+    let mut cmds = Vec::with_capacity(64);
+    cmds.push(first);
+    while cmds.len() < max {
+        match rx.try_recv() {
+            Ok(c) => cmds.push(c),
+            Err(_) => break,
+        }
+    }
+    Some(cmds)
 }
 
 /// The delivery lane of a stored event: the data key of its state key or stream item.
