@@ -460,12 +460,43 @@ export function queueSuite(a) {
       await callFails('publish', { topic: '', data: 1 }, 'topic_not_set');
       await callFails('engine::queue::topic_stats', {}, 'topic_required');
 
+      // Malformed actions on a raw connection: each gets an error result naming the problem; the
+      // connection stays up and a well-formed enqueue on it still works.
+      const bad = await RawClient.connect(engine.workerUrl);
+      try {
+        const cases = [
+          [{ type: 'enqueue' }, /queue/],
+          [{ type: 'enqueue', queue: 5 }, /string/],
+          [{ type: 'later' }, /later|variant/],
+        ];
+        for (const [action, pattern] of cases) {
+          const id = randomUUID();
+          const since = bad.mark();
+          await bad.send({ type: 'invokefunction', invocation_id: id, function_id: fnId, data: {}, action });
+          const r = await bad.next((m) => m.type === 'invocationresult' && m.invocation_id === id, {
+            since,
+            timeoutMs: 3000,
+            what: `result for action ${show(action)}`,
+          });
+          assert.equal(r.error?.code, 'invalid_message', show(r));
+          assert.match(r.error?.message ?? '', pattern, show(r));
+        }
+        const id = randomUUID();
+        const since = bad.mark();
+        await bad.send({ type: 'invokefunction', invocation_id: id, function_id: fnId, data: { raw: true }, action: { type: 'enqueue', queue: 'small' } });
+        const r = await bad.next((m) => m.type === 'invocationresult' && m.invocation_id === id, { since, timeoutMs: 3000, what: 'raw enqueue result' });
+        assert.ok(isUuid(r.result?.messageReceiptId), show(r));
+        await waitFor(() => rec.count === 1, 5000, { message: 'raw-enqueued job ran' });
+      } finally {
+        await bad.close();
+      }
+
       // Same connection still works: a small payload on the same queue, and a plain call.
       await enqueueOk('small', fnId, { blob: 'x'.repeat(100) });
-      await waitFor(() => rec.count === 1, 5000, { message: 'small job ran' });
-      assert.deepEqual(rec.calls, [{ blob: 'x'.repeat(100) }], 'refused jobs never ran');
+      await waitFor(() => rec.count === 2, 5000, { message: 'small job ran' });
+      assert.deepEqual(rec.calls, [{ raw: true }, { blob: 'x'.repeat(100) }], 'refused jobs never ran');
       assert.equal(await p.trigger({ function_id: fnId, payload: { direct: true } }), undefined);
-      assert.equal(rec.count, 2);
+      assert.equal(rec.count, 3);
     });
 
     // --- 8. durable topics and pub/sub ---------------------------------------------------------
