@@ -1,5 +1,6 @@
 //! Pub/sub (`publish`, `subscribe`) and cron through the engine's own API, with fake workers
-//! that are plain queues (as in `state.rs`). Cron tests use real time and stay under ~4 s each.
+//! that are plain queues (`support::FakeWorker`). Cron tests use real time and stay under ~4 s
+//! each.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -7,15 +8,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use trine_engine::cron::{self, decode_tick, encode_tick, schedule_key};
 use trine_engine::pubsub;
-use trine_engine::{Call, CallOutcome, Caller, Engine, EngineConfig, WorkerConn};
-use trine_protocol::{
-    decode_worker_frame, ErrorBody, InvocationResult, InvokeFunction, Message, RegisterFunction,
-    RegisterTrigger, TriggerRegistrationResult, UnregisterTrigger,
-};
+use trine_engine::{Engine, EngineConfig};
+use trine_protocol::{Message, RegisterTrigger};
 use trine_store::{Batch, MemoryStore, Space, Store, StoreError, StoreInfo};
+
+mod support;
+use support::{call, err, trigger, FakeWorker};
 
 fn engine() -> Engine {
     let e = Engine::new(EngineConfig::default());
@@ -24,135 +24,9 @@ fn engine() -> Engine {
     e
 }
 
-async fn call(e: &Engine, fid: &str, data: Value) -> CallOutcome {
-    e.invoke(Call::new(fid, data, Caller::Engine)).await
-}
-
-async fn err(e: &Engine, fid: &str, data: Value) -> ErrorBody {
-    match call(e, fid, data.clone()).await {
-        Err(err) => err,
-        Ok(v) => panic!("{fid} {data} should fail, got {v:?}"),
-    }
-}
-
-struct FakeWorker {
-    conn: Arc<WorkerConn>,
-    rx: mpsc::Receiver<String>,
-}
-
-impl FakeWorker {
-    fn connect(engine: &Engine) -> Self {
-        let (tx, rx) = mpsc::channel(1024);
-        let conn = engine.connect_worker(tx, None);
-        let mut w = FakeWorker { conn, rx };
-        let _registered = w.rx.try_recv().expect("workerregistered");
-        w
-    }
-
-    async fn register_function(&self, e: &Engine, id: &str) {
-        e.handle_message(
-            &self.conn,
-            Message::RegisterFunction(RegisterFunction {
-                id: id.into(),
-                description: None,
-                request_format: None,
-                response_format: None,
-                metadata: None,
-                invocation: None,
-            }),
-        )
-        .await;
-    }
-
-    async fn register_trigger(
-        &self,
-        e: &Engine,
-        id: &str,
-        trigger_type: &str,
-        function_id: &str,
-        config: Value,
-        metadata: Option<Value>,
-    ) {
-        e.handle_message(
-            &self.conn,
-            Message::RegisterTrigger(RegisterTrigger {
-                id: id.into(),
-                trigger_type: trigger_type.into(),
-                function_id: function_id.into(),
-                config,
-                metadata,
-            }),
-        )
-        .await;
-    }
-
-    async fn unregister_trigger(&self, e: &Engine, id: &str) {
-        e.handle_message(
-            &self.conn,
-            Message::UnregisterTrigger(UnregisterTrigger {
-                id: id.into(),
-                trigger_type: None,
-            }),
-        )
-        .await;
-    }
-
-    /// The next invocation sent to this worker (skips other frames).
-    async fn next_call(&mut self) -> InvokeFunction {
-        loop {
-            let text = tokio::time::timeout(Duration::from_secs(3), self.rx.recv())
-                .await
-                .expect("an invocation within 3 s")
-                .expect("channel open");
-            if let Some(Message::InvokeFunction(i)) = decode_worker_frame(&text).unwrap() {
-                return i;
-            }
-        }
-    }
-
-    /// The next registration result sent to this worker (skips other frames).
-    async fn next_registration_result(&mut self) -> TriggerRegistrationResult {
-        loop {
-            let text = tokio::time::timeout(Duration::from_secs(2), self.rx.recv())
-                .await
-                .expect("a frame within 2 s")
-                .expect("channel open");
-            if let Some(Message::TriggerRegistrationResult(r)) = decode_worker_frame(&text).unwrap()
-            {
-                return r;
-            }
-        }
-    }
-
-    /// Whether no invocation arrives within `wait`.
-    async fn quiet_for(&mut self, wait: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) | Ok(None) => return true,
-                Ok(Some(text)) => {
-                    if let Some(Message::InvokeFunction(_)) = decode_worker_frame(&text).unwrap() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn answer(&self, e: &Engine, inv: &InvokeFunction, result: Value) {
-        e.handle_message(
-            &self.conn,
-            Message::InvocationResult(InvocationResult {
-                invocation_id: inv.invocation_id.clone().unwrap(),
-                function_id: inv.function_id.clone(),
-                result: Some(result),
-                error: None,
-                traceparent: None,
-                baggage: None,
-            }),
-        )
-        .await;
-    }
+/// A fake worker that waits at most 3 s for a frame (cron tests use real time).
+fn connect(e: &Engine) -> FakeWorker {
+    FakeWorker::connect(e).with_wait(Duration::from_secs(3))
 }
 
 fn time(v: &Value) -> DateTime<Utc> {
@@ -166,37 +40,19 @@ fn time(v: &Value) -> DateTime<Utc> {
 #[tokio::test]
 async fn publish_reaches_every_subscriber_of_its_topic_only() {
     let e = engine();
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     for f in ["on::a", "on::b", "on::c"] {
         w.register_function(&e, f).await;
     }
-    w.register_trigger(
-        &e,
-        "t1",
-        "subscribe",
-        "on::a",
-        json!({"topic": "orders"}),
-        Some(json!({"m": 1})),
-    )
-    .await;
-    w.register_trigger(
-        &e,
-        "t2",
-        "subscribe",
-        "on::b",
-        json!({"topic": "orders"}),
-        None,
-    )
-    .await;
-    w.register_trigger(
-        &e,
-        "t3",
-        "subscribe",
-        "on::c",
-        json!({"topic": "other"}),
-        None,
-    )
-    .await;
+    let t = RegisterTrigger {
+        metadata: Some(json!({"m": 1})),
+        ..trigger("t1", "subscribe", "on::a", json!({"topic": "orders"}))
+    };
+    w.send(&e, Message::RegisterTrigger(t)).await;
+    w.register_trigger(&e, "t2", "subscribe", "on::b", json!({"topic": "orders"}))
+        .await;
+    w.register_trigger(&e, "t3", "subscribe", "on::c", json!({"topic": "other"}))
+        .await;
 
     let out = call(&e, "publish", json!({"topic": "orders", "data": {"x": 1}})).await;
     assert_eq!(out.unwrap(), None, "publish returns nothing");
@@ -212,7 +68,7 @@ async fn publish_reaches_every_subscriber_of_its_topic_only() {
             );
         }
         seen.insert(inv.function_id.clone());
-        w.answer(&e, &inv, Value::Null).await;
+        w.answer(&e, &inv, Ok(Value::Null)).await;
     }
     assert_eq!(
         seen,
@@ -233,7 +89,7 @@ async fn publish_reaches_every_subscriber_of_its_topic_only() {
         (inv.function_id.as_str(), &inv.data),
         ("on::b", &json!("hi"))
     );
-    w.answer(&e, &inv, Value::Null).await;
+    w.answer(&e, &inv, Ok(Value::Null)).await;
     assert!(w.quiet_for(Duration::from_millis(300)).await);
 }
 
@@ -241,18 +97,11 @@ async fn publish_reaches_every_subscriber_of_its_topic_only() {
 async fn two_triggers_for_one_function_give_two_calls_in_publish_order() {
     let e = Engine::new(EngineConfig::default());
     let module = pubsub::install(&e);
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "on::event").await;
     for id in ["s1", "s2"] {
-        w.register_trigger(
-            &e,
-            id,
-            "subscribe",
-            "on::event",
-            json!({"topic": "t"}),
-            None,
-        )
-        .await;
+        w.register_trigger(&e, id, "subscribe", "on::event", json!({"topic": "t"}))
+            .await;
     }
     for i in 0..10 {
         call(&e, "publish", json!({"topic": "t", "data": i}))
@@ -264,7 +113,7 @@ async fn two_triggers_for_one_function_give_two_calls_in_publish_order() {
     for _ in 0..20 {
         let inv = w.next_call().await;
         got.push(inv.data.as_i64().unwrap());
-        w.answer(&e, &inv, Value::Null).await;
+        w.answer(&e, &inv, Ok(Value::Null)).await;
     }
     let mut expected: Vec<i64> = (0..10).chain(0..10).collect();
     expected.sort();
@@ -338,14 +187,14 @@ async fn publish_validates_its_input() {
 #[tokio::test]
 async fn subscribe_without_a_topic_is_refused_to_the_worker() {
     let e = engine();
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "on::x").await;
     for (id, config) in [
         ("a", json!({"topic": ""})),
         ("b", json!({})),
         ("c", json!({"topic": 1})),
     ] {
-        w.register_trigger(&e, id, "subscribe", "on::x", config.clone(), None)
+        w.register_trigger(&e, id, "subscribe", "on::x", config.clone())
             .await;
         let r = w.next_registration_result().await;
         assert_eq!(r.id, id);
@@ -362,7 +211,7 @@ async fn subscribe_without_a_topic_is_refused_to_the_worker() {
 #[tokio::test]
 async fn invalid_cron_expressions_are_refused_to_the_worker() {
     let e = engine();
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "job").await;
     for (id, config, needle) in [
         (
@@ -379,7 +228,7 @@ async fn invalid_cron_expressions_are_refused_to_the_worker() {
         ("c4", json!({}), "`expression` is required"),
         ("c5", json!({"expression": "0 0 0 30 2 *"}), "never fires"),
     ] {
-        w.register_trigger(&e, id, "cron", "job", config.clone(), None)
+        w.register_trigger(&e, id, "cron", "job", config.clone())
             .await;
         let r = w.next_registration_result().await;
         assert_eq!((r.id.as_str(), r.trigger_type.as_str()), (id, "cron"));
@@ -408,17 +257,18 @@ async fn invalid_cron_expressions_are_refused_to_the_worker() {
 #[tokio::test]
 async fn every_second_cron_fires_with_the_reference_payload() {
     let e = engine();
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "tick").await;
-    w.register_trigger(
-        &e,
-        "every-second",
-        "cron",
-        "tick",
-        json!({"expression": "* * * * * *"}),
-        Some(json!({"team": "ops"})),
-    )
-    .await;
+    let t = RegisterTrigger {
+        metadata: Some(json!({"team": "ops"})),
+        ..trigger(
+            "every-second",
+            "cron",
+            "tick",
+            json!({"expression": "* * * * * *"}),
+        )
+    };
+    w.send(&e, Message::RegisterTrigger(t)).await;
     let mut scheduled = Vec::new();
     for _ in 0..2 {
         let inv = w.next_call().await;
@@ -447,7 +297,7 @@ async fn every_second_cron_fires_with_the_reference_payload() {
             (a - s).num_milliseconds()
         );
         scheduled.push(s);
-        w.answer(&e, &inv, Value::Null).await;
+        w.answer(&e, &inv, Ok(Value::Null)).await;
     }
     assert_eq!((scheduled[1] - scheduled[0]).num_seconds(), 1);
     w.unregister_trigger(&e, "every-second").await;
@@ -460,7 +310,7 @@ async fn every_second_cron_fires_with_the_reference_payload() {
 #[tokio::test]
 async fn cron_condition_false_skips_the_run() {
     let e = engine();
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "tick").await;
     w.register_function(&e, "only::odd").await;
     w.register_trigger(
@@ -469,14 +319,13 @@ async fn cron_condition_false_skips_the_run() {
         "cron",
         "tick",
         json!({"expression": "* * * * * *", "condition_function_id": "only::odd"}),
-        None,
     )
     .await;
     // First tick: the condition answers false, so no handler call follows.
     let cond = w.next_call().await;
     assert_eq!(cond.function_id, "only::odd");
     assert_eq!(cond.data["trigger"], "cron");
-    w.answer(&e, &cond, json!(false)).await;
+    w.answer(&e, &cond, Ok(json!(false))).await;
     // Second tick: the condition passes (anything but a literal false), the handler runs with
     // the same payload.
     let cond2 = w.next_call().await;
@@ -485,35 +334,28 @@ async fn cron_condition_false_skips_the_run() {
         "no handler call after `false`"
     );
     assert!(time(&cond2.data["scheduled_time"]) > time(&cond.data["scheduled_time"]));
-    w.answer(&e, &cond2, json!({"ok": true})).await;
+    w.answer(&e, &cond2, Ok(json!({"ok": true}))).await;
     let run = w.next_call().await;
     assert_eq!(run.function_id, "tick");
     assert_eq!(run.data["scheduled_time"], cond2.data["scheduled_time"]);
-    w.answer(&e, &run, Value::Null).await;
+    w.answer(&e, &run, Ok(Value::Null)).await;
     w.unregister_trigger(&e, "c").await;
 }
 
 #[tokio::test]
 async fn triggers_sharing_function_and_expression_run_each_tick_once() {
     let e = engine();
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "tick").await;
     for id in ["x1", "x2"] {
-        w.register_trigger(
-            &e,
-            id,
-            "cron",
-            "tick",
-            json!({"expression": "* * * * * *"}),
-            None,
-        )
-        .await;
+        w.register_trigger(&e, id, "cron", "tick", json!({"expression": "* * * * * *"}))
+            .await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(2300);
     let mut ticks = Vec::new();
     while let Ok(inv) = tokio::time::timeout_at(deadline, w.next_call()).await {
         ticks.push(inv.data["scheduled_time"].as_str().unwrap().to_owned());
-        w.answer(&e, &inv, Value::Null).await;
+        w.answer(&e, &inv, Ok(Value::Null)).await;
     }
     assert!(ticks.len() >= 2, "{ticks:?}");
     let distinct: BTreeSet<&String> = ticks.iter().collect();
@@ -551,7 +393,7 @@ impl Store for FailingStore {
 async fn a_tick_that_cannot_be_recorded_does_not_run() {
     let e = Engine::new(EngineConfig::default());
     let module = cron::install(&e, Some(Arc::new(FailingStore(MemoryStore::new()))));
-    let mut w = FakeWorker::connect(&e);
+    let mut w = connect(&e);
     w.register_function(&e, "tick").await;
     w.register_trigger(
         &e,
@@ -559,7 +401,6 @@ async fn a_tick_that_cannot_be_recorded_does_not_run() {
         "cron",
         "tick",
         json!({"expression": "* * * * * *"}),
-        None,
     )
     .await;
     assert!(w.quiet_for(Duration::from_millis(1500)).await);
@@ -578,7 +419,7 @@ async fn a_recorded_tick_is_not_repeated_after_an_engine_restart() {
     // First engine: one tick runs and is recorded.
     let e1 = Engine::new(EngineConfig::default());
     cron::install(&e1, Some(store.clone()));
-    let mut w1 = FakeWorker::connect(&e1);
+    let mut w1 = connect(&e1);
     w1.register_function(&e1, "job").await;
     w1.register_trigger(
         &e1,
@@ -586,12 +427,11 @@ async fn a_recorded_tick_is_not_repeated_after_an_engine_restart() {
         "cron",
         "job",
         json!({"expression": "* * * * * *"}),
-        None,
     )
     .await;
     let inv = w1.next_call().await;
     let first = time(&inv.data["scheduled_time"]);
-    w1.answer(&e1, &inv, Value::Null).await;
+    w1.answer(&e1, &inv, Ok(Value::Null)).await;
     e1.shutdown().await;
     let recorded = store
         .get(Space::CronTicks, &key)
@@ -611,7 +451,7 @@ async fn a_recorded_tick_is_not_repeated_after_an_engine_restart() {
 
     let e2 = Engine::new(EngineConfig::default());
     let module = cron::install(&e2, Some(store.clone()));
-    let mut w2 = FakeWorker::connect(&e2);
+    let mut w2 = connect(&e2);
     w2.register_function(&e2, "job").await;
     w2.register_trigger(
         &e2,
@@ -619,7 +459,6 @@ async fn a_recorded_tick_is_not_repeated_after_an_engine_restart() {
         "cron",
         "job",
         json!({"expression": "* * * * * *"}),
-        None,
     )
     .await;
     let inv = w2.next_call().await;
@@ -630,7 +469,7 @@ async fn a_recorded_tick_is_not_repeated_after_an_engine_restart() {
         ahead + 1000,
         "the first tick after the recorded one, not {s}"
     );
-    w2.answer(&e2, &inv, Value::Null).await;
+    w2.answer(&e2, &inv, Ok(Value::Null)).await;
     assert_eq!(module.stats()["runs"], 1);
     e2.shutdown().await;
 }

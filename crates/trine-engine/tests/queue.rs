@@ -1,21 +1,20 @@
 //! The queue module through the engine's own API: the Enqueue action, retries and dead letters
 //! with the real error, FIFO order under failures, waiting for an unregistered function,
 //! recovery after a restart on the same store, durable topics, bad input. Fake workers are
-//! channels, as in `state.rs`.
+//! channels (`support::FakeWorker`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use trine_engine::queue::config::parse;
 use trine_engine::queue::QueueOptions;
-use trine_engine::{Call, CallOutcome, Caller, Engine, EngineConfig, WorkerConn};
-use trine_protocol::{
-    decode_worker_frame, ErrorBody, InvocationResult, InvokeFunction, Message, RegisterFunction,
-    RegisterTrigger, TriggerAction, UnregisterTrigger,
-};
+use trine_engine::{Engine, EngineConfig};
+use trine_protocol::{Message, UnregisterTrigger};
 use trine_store::{MemoryStore, Store};
+
+mod support;
+use support::{err, ok, FakeWorker};
 
 fn options(block: Value) -> QueueOptions {
     let mut o = parse(&block).expect("valid queue config").options;
@@ -43,213 +42,6 @@ fn engine_on(store: Arc<dyn Store>, block: Value) -> Engine {
 
 fn engine() -> Engine {
     engine_on(Arc::new(MemoryStore::new()), standard_config())
-}
-
-async fn call(e: &Engine, fid: &str, data: Value) -> CallOutcome {
-    e.invoke(Call::new(fid, data, Caller::Engine)).await
-}
-
-async fn ok(e: &Engine, fid: &str, data: Value) -> Value {
-    call(e, fid, data.clone())
-        .await
-        .unwrap_or_else(|err| panic!("{fid} {data} failed: {err}"))
-        .unwrap_or(Value::Null)
-}
-
-async fn err(e: &Engine, fid: &str, data: Value) -> ErrorBody {
-    match call(e, fid, data.clone()).await {
-        Err(err) => err,
-        Ok(v) => panic!("{fid} {data} should fail, got {v:?}"),
-    }
-}
-
-struct FakeWorker {
-    conn: Arc<WorkerConn>,
-    rx: mpsc::Receiver<String>,
-    /// Frames received while waiting for another kind.
-    held: std::collections::VecDeque<Message>,
-}
-
-impl FakeWorker {
-    fn connect(engine: &Engine) -> Self {
-        let (tx, rx) = mpsc::channel(4096);
-        let conn = engine.connect_worker(tx, None);
-        let mut w = FakeWorker {
-            conn,
-            rx,
-            held: Default::default(),
-        };
-        let _registered = w.rx.try_recv().expect("workerregistered");
-        w
-    }
-
-    async fn register_function(&self, e: &Engine, id: &str) {
-        e.handle_message(
-            &self.conn,
-            Message::RegisterFunction(RegisterFunction {
-                id: id.into(),
-                description: None,
-                request_format: None,
-                response_format: None,
-                metadata: None,
-                invocation: None,
-            }),
-        )
-        .await;
-    }
-
-    async fn register_trigger(
-        &self,
-        e: &Engine,
-        id: &str,
-        ty: &str,
-        function_id: &str,
-        config: Value,
-    ) {
-        e.handle_message(
-            &self.conn,
-            Message::RegisterTrigger(RegisterTrigger {
-                id: id.into(),
-                trigger_type: ty.into(),
-                function_id: function_id.into(),
-                config,
-                metadata: None,
-            }),
-        )
-        .await;
-    }
-
-    /// Sends an enqueue action and returns the invocation id used.
-    async fn enqueue(&self, e: &Engine, queue: &str, function_id: &str, data: Value) -> String {
-        let id = uuid::Uuid::new_v4().to_string();
-        e.handle_message(
-            &self.conn,
-            Message::InvokeFunction(InvokeFunction {
-                invocation_id: Some(id.clone()),
-                function_id: function_id.into(),
-                data,
-                action: Some(TriggerAction::Enqueue {
-                    queue: queue.into(),
-                }),
-                metadata: None,
-                traceparent: None,
-                baggage: None,
-            }),
-        )
-        .await;
-        id
-    }
-
-    /// The next frame of interest; others are held for later.
-    async fn next<T>(&mut self, mut pick: impl FnMut(&Message) -> Option<T>) -> T {
-        if let Some(i) = self.held.iter().position(|m| pick(m).is_some()) {
-            let m = self.held.remove(i).unwrap();
-            return pick(&m).unwrap();
-        }
-        loop {
-            let text = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
-                .await
-                .expect("a frame within 5 s")
-                .expect("channel open");
-            if let Some(m) = decode_worker_frame(&text).unwrap() {
-                if let Some(t) = pick(&m) {
-                    return t;
-                }
-                self.held.push_back(m);
-            }
-        }
-    }
-
-    async fn next_call(&mut self) -> InvokeFunction {
-        self.next(|m| match m {
-            Message::InvokeFunction(i) => Some(i.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    async fn next_result(&mut self) -> InvocationResult {
-        self.next(|m| match m {
-            Message::InvocationResult(r) => Some(r.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Enqueues and returns the receipt (panics on an error result).
-    async fn enqueue_ok(
-        &mut self,
-        e: &Engine,
-        queue: &str,
-        function_id: &str,
-        data: Value,
-    ) -> String {
-        let id = self.enqueue(e, queue, function_id, data).await;
-        let r = self.next_result().await;
-        assert_eq!(r.invocation_id, id);
-        assert!(r.error.is_none(), "enqueue failed: {:?}", r.error);
-        let result = r.result.expect("a result");
-        let obj = result.as_object().expect("an object");
-        assert_eq!(obj.len(), 1, "exactly one key: {result}");
-        obj["messageReceiptId"]
-            .as_str()
-            .expect("receipt")
-            .to_owned()
-    }
-
-    async fn enqueue_err(
-        &mut self,
-        e: &Engine,
-        queue: &str,
-        function_id: &str,
-        data: Value,
-    ) -> ErrorBody {
-        self.enqueue(e, queue, function_id, data).await;
-        self.next_result().await.error.expect("an error result")
-    }
-
-    async fn quiet_for(&mut self, wait: Duration) -> bool {
-        if self
-            .held
-            .iter()
-            .any(|m| matches!(m, Message::InvokeFunction(_)))
-        {
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) | Ok(None) => return true,
-                Ok(Some(text)) => match decode_worker_frame(&text).unwrap() {
-                    Some(m @ Message::InvokeFunction(_)) => {
-                        self.held.push_back(m);
-                        return false;
-                    }
-                    Some(m) => self.held.push_back(m),
-                    None => {}
-                },
-            }
-        }
-    }
-
-    async fn answer(&self, e: &Engine, inv: &InvokeFunction, outcome: Result<Value, &str>) {
-        let (result, error) = match outcome {
-            Ok(v) => (Some(v), None),
-            Err(msg) => (None, Some(ErrorBody::new("invocation_failed", msg))),
-        };
-        e.handle_message(
-            &self.conn,
-            Message::InvocationResult(InvocationResult {
-                invocation_id: inv.invocation_id.clone().unwrap(),
-                function_id: inv.function_id.clone(),
-                result,
-                error,
-                traceparent: None,
-                baggage: None,
-            }),
-        )
-        .await;
-    }
 }
 
 async fn status(e: &Engine, queue: &str) -> Value {

@@ -1,94 +1,17 @@
 //! Engine behaviour without sockets: fake workers are outbound queues we read from and frames we
 //! feed to `handle_message`, exactly what the server's connection task does.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use trine_engine::{Call, Caller, Engine, EngineConfig, WorkerConn};
+use trine_engine::{Call, Caller, Engine, EngineConfig};
 use trine_protocol::{
-    codes, decode_worker_frame, InvocationResult, InvokeFunction, Message, RegisterFunction,
-    RegisterTrigger, RegisterTriggerType, TriggerAction, TriggerRegistrationResult,
+    codes, InvocationResult, InvokeFunction, Message, RegisterTrigger, RegisterTriggerType,
+    TriggerAction, TriggerRegistrationResult,
 };
 
-struct FakeWorker {
-    conn: Arc<WorkerConn>,
-    rx: mpsc::Receiver<String>,
-}
-
-impl FakeWorker {
-    fn connect(engine: &Engine) -> Self {
-        let (tx, rx) = mpsc::channel(64);
-        let conn = engine.connect_worker(tx, None);
-        let mut w = FakeWorker { conn, rx };
-        match w.try_next() {
-            Some(Message::WorkerRegistered(r)) => assert_eq!(r.worker_id, w.conn.id.as_ref()),
-            other => panic!("first frame must be workerregistered, got {other:?}"),
-        }
-        w
-    }
-
-    fn try_next(&mut self) -> Option<Message> {
-        self.rx
-            .try_recv()
-            .ok()
-            .map(|t| decode_worker_frame(&t).unwrap().unwrap())
-    }
-
-    async fn next(&mut self) -> Message {
-        let text = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
-            .await
-            .expect("a frame within 5 s")
-            .expect("channel open");
-        decode_worker_frame(&text).unwrap().unwrap()
-    }
-
-    async fn send(&self, engine: &Engine, msg: Message) {
-        engine.handle_message(&self.conn, msg).await;
-    }
-
-    async fn register(&self, engine: &Engine, id: &str) {
-        self.send(
-            engine,
-            Message::RegisterFunction(RegisterFunction {
-                id: id.into(),
-                description: None,
-                request_format: None,
-                response_format: None,
-                metadata: None,
-                invocation: None,
-            }),
-        )
-        .await;
-    }
-
-    /// Answers the next `invokefunction` with `f(data)`.
-    async fn serve_one(
-        &mut self,
-        engine: &Engine,
-        f: impl FnOnce(Value) -> Value,
-    ) -> InvokeFunction {
-        let inv = match self.next().await {
-            Message::InvokeFunction(i) => i,
-            other => panic!("expected invokefunction, got {other:?}"),
-        };
-        let result = f(inv.data.clone());
-        self.send(
-            engine,
-            Message::InvocationResult(InvocationResult {
-                invocation_id: inv.invocation_id.clone().unwrap(),
-                function_id: inv.function_id.clone(),
-                result: Some(result),
-                error: None,
-                traceparent: None,
-                baggage: None,
-            }),
-        )
-        .await;
-        inv
-    }
-}
+mod support;
+use support::FakeWorker;
 
 fn invoke(id: &str, inv: &str, data: Value) -> Message {
     Message::InvokeFunction(InvokeFunction {
@@ -111,7 +34,7 @@ async fn worker_to_worker_call_keeps_payload_and_id() {
     let e = engine();
     let mut callee = FakeWorker::connect(&e);
     let mut caller = FakeWorker::connect(&e);
-    callee.register(&e, "math::double").await;
+    callee.register_function(&e, "math::double").await;
     caller
         .send(&e, invoke("math::double", "inv-1", json!({"n": 21})))
         .await;
@@ -122,7 +45,7 @@ async fn worker_to_worker_call_keeps_payload_and_id() {
     assert_eq!(seen.invocation_id.as_deref(), Some("inv-1"));
     assert_eq!(seen.data, json!({"n": 21}));
     assert!(seen.traceparent.is_some());
-    match caller.next().await {
+    match caller.next_frame().await {
         Message::InvocationResult(r) => {
             assert_eq!(r.invocation_id, "inv-1");
             assert_eq!(r.result, Some(json!(42)));
@@ -137,7 +60,7 @@ async fn unknown_function_fails_at_once() {
     let e = engine();
     let mut caller = FakeWorker::connect(&e);
     caller.send(&e, invoke("nope::x", "i", Value::Null)).await;
-    match caller.next().await {
+    match caller.next_frame().await {
         Message::InvocationResult(r) => {
             let err = r.error.unwrap();
             assert_eq!(err.code, codes::FUNCTION_NOT_FOUND);
@@ -151,7 +74,7 @@ async fn unknown_function_fails_at_once() {
 async fn disconnect_fails_inflight_calls_with_invocation_stopped() {
     let e = engine();
     let mut callee = FakeWorker::connect(&e);
-    callee.register(&e, "slow::op").await;
+    callee.register_function(&e, "slow::op").await;
     let task = tokio::spawn({
         let e = e.clone();
         async move {
@@ -159,7 +82,10 @@ async fn disconnect_fails_inflight_calls_with_invocation_stopped() {
                 .await
         }
     });
-    assert!(matches!(callee.next().await, Message::InvokeFunction(_)));
+    assert!(matches!(
+        callee.next_frame().await,
+        Message::InvokeFunction(_)
+    ));
     e.disconnect_worker(&callee.conn);
     let out = tokio::time::timeout(Duration::from_secs(1), task)
         .await
@@ -180,7 +106,7 @@ async fn engine_timeout_applies() {
         ..Default::default()
     });
     let callee = FakeWorker::connect(&e);
-    callee.register(&e, "slow::op").await;
+    callee.register_function(&e, "slow::op").await;
     let out = e
         .invoke(Call::new("slow::op", json!(1), Caller::Engine))
         .await;
@@ -196,7 +122,7 @@ async fn inflight_limit_answers_overloaded() {
         ..Default::default()
     });
     let callee = FakeWorker::connect(&e);
-    callee.register(&e, "busy::op").await;
+    callee.register_function(&e, "busy::op").await;
     let mut pending = Vec::new();
     for _ in 0..2 {
         let e2 = e.clone();
@@ -226,9 +152,9 @@ async fn second_worker_is_a_standby_and_takes_over() {
     let e = engine();
     let mut first = FakeWorker::connect(&e);
     let mut second = FakeWorker::connect(&e);
-    first.register(&e, "svc::f").await;
-    second.register(&e, "svc::f").await;
-    match second.next().await {
+    first.register_function(&e, "svc::f").await;
+    second.register_function(&e, "svc::f").await;
+    match second.next_frame().await {
         Message::Error(f) => assert_eq!(f.error.code, codes::FUNCTION_ID_CONFLICT),
         other => panic!("{other:?}"),
     }
@@ -254,7 +180,7 @@ async fn replayed_registrations_survive_old_connection_cleanup() {
     // SDK 0.9.0 reconnect without reattach: the replay arrives before the old socket closes.
     let e = engine();
     let old = FakeWorker::connect(&e);
-    old.register(&e, "todo::list").await;
+    old.register_function(&e, "todo::list").await;
     let trig = RegisterTrigger {
         id: "t-1".into(),
         trigger_type: "http".into(),
@@ -264,7 +190,7 @@ async fn replayed_registrations_survive_old_connection_cleanup() {
     };
     old.send(&e, Message::RegisterTrigger(trig.clone())).await;
     let mut new = FakeWorker::connect(&e);
-    new.register(&e, "todo::list").await;
+    new.register_function(&e, "todo::list").await;
     new.send(&e, Message::RegisterTrigger(trig)).await;
     e.disconnect_worker(&old.conn);
     // The route is still served, by the new connection.
@@ -279,7 +205,7 @@ async fn replayed_registrations_survive_old_connection_cleanup() {
     });
     // The new connection got a conflict notice first (old was still alive), then the call.
     loop {
-        match new.next().await {
+        match new.next_frame().await {
             Message::Error(_) => continue,
             Message::InvokeFunction(inv) => {
                 new.send(
@@ -307,7 +233,7 @@ async fn void_calls_send_nothing_back() {
     let e = engine();
     let mut callee = FakeWorker::connect(&e);
     let mut caller = FakeWorker::connect(&e);
-    callee.register(&e, "fx::push").await;
+    callee.register_function(&e, "fx::push").await;
     caller
         .send(
             &e,
@@ -351,7 +277,7 @@ async fn enqueue_answers_enqueue_error_for_now() {
             }),
         )
         .await;
-    match caller.next().await {
+    match caller.next_frame().await {
         Message::InvocationResult(r) => assert_eq!(r.error.unwrap().code, codes::ENQUEUE_ERROR),
         other => panic!("{other:?}"),
     }
@@ -385,7 +311,7 @@ async fn worker_trigger_types_park_deliver_and_forward_rejections() {
             }),
         )
         .await;
-    match provider.next().await {
+    match provider.next_frame().await {
         Message::RegisterTrigger(t) => assert_eq!(t, trig),
         other => panic!("{other:?}"),
     }
@@ -404,7 +330,7 @@ async fn worker_trigger_types_park_deliver_and_forward_rejections() {
             }),
         )
         .await;
-    match binder.next().await {
+    match binder.next_frame().await {
         Message::TriggerRegistrationResult(r) => {
             assert_eq!(r.id, "hook-1");
             assert_eq!(r.error.unwrap().message, "bad path");
@@ -421,9 +347,12 @@ async fn worker_trigger_types_park_deliver_and_forward_rejections() {
             }),
         )
         .await;
-    assert!(matches!(provider.next().await, Message::RegisterTrigger(_)));
+    assert!(matches!(
+        provider.next_frame().await,
+        Message::RegisterTrigger(_)
+    ));
     e.disconnect_worker(&binder.conn);
-    match provider.next().await {
+    match provider.next_frame().await {
         Message::UnregisterTrigger(u) => {
             assert_eq!(u.id, "hook-2");
             assert_eq!(u.trigger_type.as_deref(), Some("webhook"));
@@ -447,7 +376,7 @@ async fn builtin_trigger_errors_are_reported() {
         }),
     )
     .await;
-    match w.next().await {
+    match w.next_frame().await {
         Message::TriggerRegistrationResult(r) => {
             let err = r.error.unwrap();
             assert_eq!(err.code, codes::TRIGGER_REGISTRATION_FAILED);
@@ -461,7 +390,7 @@ async fn builtin_trigger_errors_are_reported() {
 async fn condition_only_literal_false_skips() {
     let e = engine();
     let mut cond = FakeWorker::connect(&e);
-    cond.register(&e, "cond::check").await;
+    cond.register_function(&e, "cond::check").await;
     let config = json!({"condition_function_id": "cond::check"});
     for (answer, expected) in [
         (json!(false), false),
@@ -518,10 +447,10 @@ async fn silent_owner_is_probed_and_replaced_by_the_standby() {
         ..Default::default()
     });
     let dead = FakeWorker::connect(&e);
-    dead.register(&e, "svc::f").await;
+    dead.register_function(&e, "svc::f").await;
     let mut fresh = FakeWorker::connect(&e);
-    fresh.register(&e, "svc::f").await;
-    assert!(matches!(fresh.next().await, Message::Error(_)));
+    fresh.register_function(&e, "svc::f").await;
+    assert!(matches!(fresh.next_frame().await, Message::Error(_)));
     // The dead owner never answers the probe ping: it is disconnected and the standby serves.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(dead.conn.is_closed());
@@ -541,9 +470,9 @@ async fn live_owner_answering_the_probe_keeps_its_function() {
         ..Default::default()
     });
     let owner = FakeWorker::connect(&e);
-    owner.register(&e, "svc::g").await;
+    owner.register_function(&e, "svc::g").await;
     let other = FakeWorker::connect(&e);
-    other.register(&e, "svc::g").await;
+    other.register_function(&e, "svc::g").await;
     // The owner's socket answers the ping (the read loop records any inbound frame).
     tokio::time::sleep(Duration::from_millis(20)).await;
     owner.conn.touch();

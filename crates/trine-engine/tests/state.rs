@@ -1,19 +1,18 @@
 //! The state module through the engine's own API: function shapes, validation, compare-and-set,
 //! and the trigger delivery contract (order per key, retries, dead letters, recovery after a
-//! restart on the same store). Fake workers are queues, as in `routing.rs`.
+//! restart on the same store). Fake workers are queues (`support::FakeWorker`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use trine_engine::state::{DeliveryOptions, StateOptions};
-use trine_engine::{Call, CallOutcome, Caller, Engine, EngineConfig, WorkerConn};
-use trine_protocol::{
-    decode_worker_frame, ErrorBody, InvocationResult, InvokeFunction, Message, RegisterFunction,
-    RegisterTrigger,
-};
+use trine_engine::{Engine, EngineConfig};
+use trine_protocol::{decode_worker_frame, Message};
 use trine_store::{MemoryStore, Store};
+
+mod support;
+use support::{err, ok, FakeWorker};
 
 fn options() -> StateOptions {
     StateOptions {
@@ -37,116 +36,6 @@ fn engine_on(store: Arc<dyn Store>, opts: StateOptions) -> Engine {
 
 fn engine() -> Engine {
     engine_on(Arc::new(MemoryStore::new()), options())
-}
-
-async fn call(e: &Engine, fid: &str, data: Value) -> CallOutcome {
-    e.invoke(Call::new(fid, data, Caller::Engine)).await
-}
-
-async fn ok(e: &Engine, fid: &str, data: Value) -> Value {
-    call(e, fid, data.clone())
-        .await
-        .unwrap_or_else(|err| panic!("{fid} {data} failed: {err}"))
-        .unwrap_or(Value::Null)
-}
-
-async fn err(e: &Engine, fid: &str, data: Value) -> ErrorBody {
-    match call(e, fid, data.clone()).await {
-        Err(err) => err,
-        Ok(v) => panic!("{fid} {data} should fail, got {v:?}"),
-    }
-}
-
-struct FakeWorker {
-    conn: Arc<WorkerConn>,
-    rx: mpsc::Receiver<String>,
-}
-
-impl FakeWorker {
-    fn connect(engine: &Engine) -> Self {
-        let (tx, rx) = mpsc::channel(1024);
-        let conn = engine.connect_worker(tx, None);
-        let mut w = FakeWorker { conn, rx };
-        let _registered = w.rx.try_recv().expect("workerregistered");
-        w
-    }
-
-    async fn register_function(&self, e: &Engine, id: &str) {
-        e.handle_message(
-            &self.conn,
-            Message::RegisterFunction(RegisterFunction {
-                id: id.into(),
-                description: None,
-                request_format: None,
-                response_format: None,
-                metadata: None,
-                invocation: None,
-            }),
-        )
-        .await;
-    }
-
-    async fn register_trigger(&self, e: &Engine, id: &str, function_id: &str, config: Value) {
-        e.handle_message(
-            &self.conn,
-            Message::RegisterTrigger(RegisterTrigger {
-                id: id.into(),
-                trigger_type: "state".into(),
-                function_id: function_id.into(),
-                config,
-                metadata: None,
-            }),
-        )
-        .await;
-    }
-
-    /// The next invocation sent to this worker (skips other frames).
-    async fn next_call(&mut self) -> InvokeFunction {
-        loop {
-            let text = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
-                .await
-                .expect("an invocation within 5 s")
-                .expect("channel open");
-            if let Some(Message::InvokeFunction(i)) = decode_worker_frame(&text).unwrap() {
-                return i;
-            }
-        }
-    }
-
-    /// Whether an invocation arrives within `wait`.
-    async fn quiet_for(&mut self, wait: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) => return true,
-                Ok(None) => return true,
-                Ok(Some(text)) => {
-                    if let Some(Message::InvokeFunction(_)) = decode_worker_frame(&text).unwrap() {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn answer(&self, e: &Engine, inv: &InvokeFunction, outcome: Result<Value, &str>) {
-        let (result, error) = match outcome {
-            Ok(v) => (Some(v), None),
-            Err(msg) => (None, Some(ErrorBody::new("handler_failed", msg))),
-        };
-        e.handle_message(
-            &self.conn,
-            Message::InvocationResult(InvocationResult {
-                invocation_id: inv.invocation_id.clone().unwrap(),
-                function_id: inv.function_id.clone(),
-                result,
-                error,
-                traceparent: None,
-                baggage: None,
-            }),
-        )
-        .await;
-    }
 }
 
 #[tokio::test]
@@ -455,11 +344,17 @@ async fn trigger_receives_exact_payloads_and_filters_apply() {
     let e = engine();
     let mut w = FakeWorker::connect(&e);
     w.register_function(&e, "on::change").await;
-    w.register_trigger(&e, "t1", "on::change", json!({"scope": "todos"}))
+    w.register_trigger(&e, "t1", "state", "on::change", json!({"scope": "todos"}))
         .await;
     w.register_function(&e, "on::k1").await;
-    w.register_trigger(&e, "t2", "on::k1", json!({"scope": "todos", "key": "k1"}))
-        .await;
+    w.register_trigger(
+        &e,
+        "t2",
+        "state",
+        "on::k1",
+        json!({"scope": "todos", "key": "k1"}),
+    )
+    .await;
 
     ok(
         &e,
@@ -506,7 +401,7 @@ async fn deliveries_are_ordered_per_key_and_retried() {
     let e = engine();
     let mut w = FakeWorker::connect(&e);
     w.register_function(&e, "on::change").await;
-    w.register_trigger(&e, "t1", "on::change", json!({"scope": "todos"}))
+    w.register_trigger(&e, "t1", "state", "on::change", json!({"scope": "todos"}))
         .await;
     for i in 1..=5 {
         ok(
@@ -523,7 +418,7 @@ async fn deliveries_are_ordered_per_key_and_retried() {
         let v = inv.data["new_value"].as_i64().unwrap();
         if v == 3 && !failed_once {
             failed_once = true;
-            w.answer(&e, &inv, Err("transient")).await;
+            w.fail(&e, &inv, "handler_failed", "transient").await;
             continue;
         }
         seen.push(v);
@@ -556,10 +451,10 @@ async fn a_failing_trigger_does_not_delay_another_and_ends_in_dead_letters() {
     let mut good = FakeWorker::connect(&e);
     let mut bad = FakeWorker::connect(&e);
     good.register_function(&e, "on::good").await;
-    good.register_trigger(&e, "tg", "on::good", json!({"scope": "todos"}))
+    good.register_trigger(&e, "tg", "state", "on::good", json!({"scope": "todos"}))
         .await;
     bad.register_function(&e, "on::bad").await;
-    bad.register_trigger(&e, "tb", "on::bad", json!({"scope": "todos"}))
+    bad.register_trigger(&e, "tb", "state", "on::bad", json!({"scope": "todos"}))
         .await;
     ok(
         &e,
@@ -581,11 +476,11 @@ async fn a_failing_trigger_does_not_delay_another_and_ends_in_dead_letters() {
         good.answer(&e, &inv, Ok(Value::Null)).await;
     }
     // Now the bad one fails every attempt (3): the first event is dead-lettered with its error.
-    bad.answer(&e, &stuck, Err("boom")).await;
+    bad.fail(&e, &stuck, "handler_failed", "boom").await;
     for _ in 0..2 {
         let inv = bad.next_call().await;
         assert_eq!(inv.data["new_value"], json!(1));
-        bad.answer(&e, &inv, Err("boom")).await;
+        bad.fail(&e, &inv, "handler_failed", "boom").await;
     }
     let dl = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -641,6 +536,7 @@ async fn conditions_gate_delivery() {
     w.register_trigger(
         &e,
         "t1",
+        "state",
         "on::change",
         json!({"scope": "todos", "condition_function_id": "cond"}),
     )
@@ -681,7 +577,7 @@ async fn owed_deliveries_survive_an_engine_restart_on_the_same_store() {
     let e1 = engine_on(store.clone(), options());
     let mut w1 = FakeWorker::connect(&e1);
     w1.register_function(&e1, "on::change").await;
-    w1.register_trigger(&e1, "t1", "on::change", json!({"scope": "todos"}))
+    w1.register_trigger(&e1, "t1", "state", "on::change", json!({"scope": "todos"}))
         .await;
     ok(
         &e1,
@@ -707,7 +603,7 @@ async fn owed_deliveries_survive_an_engine_restart_on_the_same_store() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut w2 = FakeWorker::connect(&e2);
     w2.register_function(&e2, "on::change").await;
-    w2.register_trigger(&e2, "t1", "on::change", json!({"scope": "todos"}))
+    w2.register_trigger(&e2, "t1", "state", "on::change", json!({"scope": "todos"}))
         .await;
     for want in [1, 2] {
         let inv = w2.next_call().await;
@@ -740,7 +636,7 @@ async fn a_missing_handler_does_not_use_up_attempts_within_the_grace() {
     let e = engine();
     let w = FakeWorker::connect(&e);
     // The trigger exists but its function is not registered yet.
-    w.register_trigger(&e, "t1", "on::later", json!({"scope": "todos"}))
+    w.register_trigger(&e, "t1", "state", "on::later", json!({"scope": "todos"}))
         .await;
     ok(
         &e,
@@ -763,7 +659,7 @@ async fn state_trigger_config_must_be_an_object() {
     let e = engine();
     let mut w = FakeWorker::connect(&e);
     w.register_function(&e, "on::change").await;
-    w.register_trigger(&e, "t1", "on::change", Value::Null)
+    w.register_trigger(&e, "t1", "state", "on::change", Value::Null)
         .await;
     let text = tokio::time::timeout(Duration::from_secs(2), w.rx.recv())
         .await
