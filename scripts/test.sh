@@ -16,6 +16,29 @@ export TRINE_BIN="$repo/target/debug/trine"
 echo "==> building trine"
 cargo build --locked -p trine
 
+# A Redis server on 127.0.0.1:6379 for the Redis adapter tests (TRINE_TEST_REDIS_URL points them
+# elsewhere). Started here only when none answers: Debian's package, nothing kept on disk.
+redis_up() {
+  if command -v redis-cli >/dev/null; then
+    [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]
+  else
+    (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && timeout 2 head -c 5 <&3 | grep -q PONG) 2>/dev/null
+  fi
+}
+ensure_redis() {
+  [ -n "${TRINE_TEST_REDIS_URL:-}" ] && return 0
+  redis_up && return 0
+  if ! command -v redis-server >/dev/null; then
+    echo "==> installing redis-server (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+      || { echo "could not install redis-server: install it, or set TRINE_TEST_REDIS_URL" >&2; return 1; }
+  fi
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null
+  for _ in $(seq 50); do redis_up && return 0; sleep 0.2; done
+  echo "redis-server did not answer on 127.0.0.1:6379" >&2
+  return 1
+}
+
 passed=0
 failed=0
 failed_names=()
@@ -32,7 +55,7 @@ run() {
 
 for s in "${suites[@]}"; do
   case "$s" in
-    rust) run "rust workspace tests" cargo test --locked --workspace ;;
+    rust) ensure_redis; run "rust workspace tests" cargo test --locked --workspace ;;
     node) run "node SDK compat (0.9.0, 0.11.6, 0.22.1)" bash tests/compat/node/run.sh ;;
     python) run "python SDK compat (0.25.0)" bash tests/compat/python/run.sh ;;
     rust-sdk) run "rust SDK compat (0.26.0-rc.4)" bash tests/compat/rust/run.sh ;;

@@ -344,7 +344,7 @@ fn space_index(space: Space) -> usize {
 
 /// The smallest key greater than every key starting with `prefix`; `None` when there is none
 /// (empty prefix, or only 0xFF bytes).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xFF {

@@ -9,8 +9,12 @@
 //!   engine choice): a batch committed with `sync = true` is on stable storage when `commit`
 //!   returns.
 //! - [`wal`]: the file store's write-ahead log (batches since its last checkpoint).
-//! - [`conformance`]: the suite every adapter must pass (run by each adapter's tests;
-//!   `tests/crash.rs` adds a kill -9 test of [`FileStore`]).
+//! - [`redis`]: [`RedisStore`], the spaces kept on a Redis server under a key prefix (a sorted
+//!   set of keys and a hash of values per space); durable only as far as the server's
+//!   persistence settings make it.
+//! - [`conformance`]: the suite every adapter must pass (run by each adapter's tests; the Redis
+//!   adapter's need a server, see [`redis`]; `tests/crash.rs` adds a kill -9 test of
+//!   [`FileStore`]).
 //!
 //! Invariants every adapter keeps:
 //! - a batch is atomic: readers see all of it or none of it, also after a crash;
@@ -24,10 +28,12 @@
 pub mod conformance;
 pub mod file;
 pub mod memory;
+pub mod redis;
 pub mod wal;
 
 pub use file::{FileStore, FileStoreOptions};
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, RedisStoreOptions};
 
 /// A named key space (a table / partition in the storage engine). The set is closed so adapters
 /// can open every space up front.
@@ -163,7 +169,7 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// What an adapter is, for logs and `engine::state::stats`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreInfo {
-    /// Adapter name (`in_memory`, `file_based`).
+    /// Adapter name (`in_memory`, `file_based`, `redis`).
     pub adapter: &'static str,
     /// Whether `commit(.., true)` survives a crash.
     pub durable: bool,

@@ -187,15 +187,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut durable_store: Option<Arc<dyn Store>> = None;
     // State and streams share one store (and one group-committing writer). It is opened when
     // either module runs; the state functions only when iii-state is on.
+    let bridge_url = state_config
+        .as_ref()
+        .filter(|s| s.adapter.name == "bridge")
+        .map(|s| {
+            s.adapter
+                .config
+                .get("bridge_url")
+                .and_then(|v| v.as_str())
+                .unwrap_or("ws://localhost:49134")
+                .to_owned()
+        });
     if state_config.is_some() || settings.stream.enabled {
-        let functions = state_config.is_some();
+        // With the bridge adapter the local store serves streams and queues only.
+        let functions = state_config.is_some() && bridge_url.is_none();
         let state = state_config.clone().unwrap_or_default();
         let mut plan = StatePlan::resolve(&args, &state, state_from_file && functions, &data_dir)?;
         plan.options.functions = functions;
-        if !functions {
+        if !functions && bridge_url.is_none() {
             tracing::info!("state functions off (the config file does not list iii-state); the store serves streams");
         }
         durable_store = plan.start(&engine)?;
+        if let Some(url) = &bridge_url {
+            trine_engine::state::bridge::install(&engine, url)
+                .await
+                .map_err(|e| anyhow::anyhow!("failed to initialize worker 'iii-state': {e}"))?;
+        }
     } else {
         tracing::info!("state module off (the config file does not list iii-state)");
     }
@@ -282,7 +299,7 @@ impl StatePlan {
         data_dir: &Path,
     ) -> anyhow::Result<Self> {
         let adapter = &state.adapter;
-        if adapter.name != "kv" {
+        if adapter.name != "kv" && adapter.name != "bridge" {
             anyhow::bail!(
                 "iii-state adapter `{}` is not available in this Trine build yet; use `kv` (in_memory or file_based)",
                 adapter.name

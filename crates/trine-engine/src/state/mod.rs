@@ -13,6 +13,7 @@
 //! writer. Writes go through the committer and are answered once committed. The delivery contract
 //! is written down in `docs/state.md`.
 
+pub mod bridge;
 pub mod committer;
 pub mod delivery;
 pub mod keys;
