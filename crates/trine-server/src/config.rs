@@ -1294,7 +1294,13 @@ fn adapter_keys(module: &str, adapter: &str) -> &'static [(&'static str, KeyType
     match (module, adapter) {
         ("iii-stream", "kv") => KV_STREAM,
         (_, "kv") => KV,
-        (_, "redis") => &[("redis_url", KeyType::Str)],
+        // `key_prefix` and `lease_ttl_ms` are Trine's: the data set's key prefix and the lease
+        // that keeps a second engine from writing to it.
+        (_, "redis") => &[
+            ("redis_url", KeyType::Str),
+            ("key_prefix", KeyType::Str),
+            ("lease_ttl_ms", KeyType::Int),
+        ],
         (_, "bridge") => &[("bridge_url", KeyType::Str)],
         _ => &[],
     }

@@ -33,7 +33,7 @@ pub mod wal;
 
 pub use file::{FileStore, FileStoreOptions};
 pub use memory::MemoryStore;
-pub use redis::{RedisStore, RedisStoreOptions};
+pub use redis::{Fence, OwnerLease, RedisStore, RedisStoreOptions};
 
 /// A named key space (a table / partition in the storage engine). The set is closed so adapters
 /// can open every space up front.

@@ -95,7 +95,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::io::tcp::TcpSettings;
@@ -104,11 +104,16 @@ use redis::{IntoConnectionInfo, RedisError, RedisResult, Script};
 use crate::file::prefix_end;
 use crate::{Batch, BatchOp, Entry, Space, Store, StoreError, StoreInfo};
 
-/// Applies a batch. KEYS[1]: this connection's commit token; then each space used, as a pair
-/// (sorted set, hash). ARGV[1]: the token, ARGV[2]: its TTL in ms, then the ops:
-/// `p, slot, key, value` or `d, slot, key` (`slot`: index in KEYS of the space's sorted set).
+/// Applies a batch. KEYS[1]: this connection's commit token, KEYS[2]: the fence key; then each
+/// space used, as a pair (sorted set, hash). ARGV[1]: the token, ARGV[2]: its TTL in ms,
+/// ARGV[3]: the fence token (empty: no fence), then the ops: `p, slot, key, value` or
+/// `d, slot, key` (`slot`: index in KEYS of the space's sorted set). With a fence, the batch
+/// applies only while the fence key holds the fence token.
 const COMMIT_SCRIPT: &str = r#"
-for i = 2, #KEYS, 2 do
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return redis.error_reply('TRINEFENCED this engine no longer holds ' .. KEYS[2] .. '; batch not applied')
+end
+for i = 3, #KEYS, 2 do
   local z = redis.call('TYPE', KEYS[i]).ok
   local h = redis.call('TYPE', KEYS[i + 1]).ok
   if (z ~= 'none' and z ~= 'zset') or (h ~= 'none' and h ~= 'hash') then
@@ -116,7 +121,7 @@ for i = 2, #KEYS, 2 do
       ' holds a value of another type; batch not applied')
   end
 end
-local i, n = 3, #ARGV
+local i, n = 4, #ARGV
 while i <= n do
   local slot, key = tonumber(ARGV[i + 1]), ARGV[i + 2]
   if ARGV[i] == 'p' then
@@ -165,6 +170,16 @@ pub struct RedisStoreOptions {
     pub io_timeout: Duration,
     /// Connections open at most at once.
     pub max_connections: usize,
+    /// When set, a batch applies only while Redis key `fence.key` holds `fence.token` (an
+    /// ownership lease): an engine that lost its lease can never overwrite the data.
+    pub fence: Option<Fence>,
+}
+
+/// A fencing condition on commits: the Redis key (full name) and the value it must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub token: String,
 }
 
 impl Default for RedisStoreOptions {
@@ -174,6 +189,7 @@ impl Default for RedisStoreOptions {
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(5),
             max_connections: 16,
+            fence: None,
         }
     }
 }
@@ -203,6 +219,7 @@ pub struct RedisStore {
     /// Indexed by `space as usize` (the position in [`Space::ALL`]).
     spaces: Vec<SpaceKeys>,
     durable: bool,
+    fence: Option<Fence>,
     commit_script: Script,
     scan_script: Script,
     recoveries: Recoveries,
@@ -273,6 +290,7 @@ impl RedisStore {
             pool,
             spaces,
             durable,
+            fence: options.fence.clone(),
             commit_script: Script::new(COMMIT_SCRIPT),
             scan_script: Script::new(SCAN_SCRIPT),
             recoveries: Recoveries::default(),
@@ -312,12 +330,18 @@ impl RedisStore {
         let conn = lease.conn();
         conn.commits += 1;
         let mut call = self.commit_script.prepare_invoke();
+        let (fence_key, fence_token) = match &self.fence {
+            Some(f) => (f.key.as_str(), f.token.as_str()),
+            None => (conn.token_key.as_str(), ""),
+        };
         call.key(conn.token_key.as_str())
+            .key(fence_key)
             .arg(conn.commits)
-            .arg(TOKEN_TTL_MS);
+            .arg(TOKEN_TTL_MS)
+            .arg(fence_token);
         // KEYS index of each space's sorted set, once the space is used.
         let mut slots = [0usize; Space::ALL.len()];
-        let mut next_slot = 2;
+        let mut next_slot = 3;
         for op in &batch.ops {
             let (BatchOp::Put { space, key, .. } | BatchOp::Delete { space, key }) = op;
             let slot = &mut slots[*space as usize];
@@ -350,8 +374,239 @@ impl RedisStore {
     }
 }
 
+/// Renews a lease only while it still holds our token. KEYS[1]: lease key; ARGV: token, TTL ms.
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Deletes a lease only while it still holds our token.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Exclusive ownership of a data set: a Redis key holding this engine's token with a TTL,
+/// renewed by a thread every `ttl / 5`. Pair it with a [`Fence`] on the store so that an engine
+/// that lost the lease (paused past the TTL, cut off from Redis) can no longer commit.
+pub struct OwnerLease {
+    key: String,
+    token: String,
+    client: redis::Client,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OwnerLease {
+    /// Takes the lease `key` with `token`, waiting up to `wait` for a previous holder's lease to
+    /// expire (an engine killed without releasing it). Fails with the holder's token otherwise.
+    pub fn acquire(
+        url: &str,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<OwnerLease, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Engine(format!("redis lease: invalid URL: {e}")))?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| error("lease", &e))?;
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let deadline = Instant::now() + wait;
+        let mut logged = false;
+        loop {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query(&mut conn)
+                .map_err(|e| error("lease", &e))?;
+            if set.is_some() {
+                break;
+            }
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query(&mut conn)
+                .map_err(|e| error("lease", &e))?;
+            if Instant::now() >= deadline {
+                return Err(StoreError::Engine(format!(
+                    "{key} is held by another engine ({}); several engines on one data set need \
+                     cluster mode (docs/cluster.md)",
+                    holder.unwrap_or_default()
+                )));
+            }
+            if !logged {
+                tracing::info!(key, holder = ?holder, "redis lease: held by another engine; waiting for it to expire");
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let thread = {
+            let (client, key, token, stop) = (
+                client.clone(),
+                key.to_owned(),
+                token.to_owned(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("trine-redis-lease".into())
+                .spawn(move || renew(client, &key, &token, ttl_ms, &stop))
+                .map_err(StoreError::Io)?
+        };
+        Ok(OwnerLease {
+            key: key.to_owned(),
+            token: token.to_owned(),
+            client,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The fence matching this lease, for [`RedisStoreOptions::fence`].
+    pub fn fence(&self) -> Fence {
+        Fence {
+            key: self.key.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// The renewal loop: every `ttl / 5`, extend the lease if it still holds our token.
+fn renew(
+    client: redis::Client,
+    key: &str,
+    token: &str,
+    ttl_ms: u64,
+    stop: &(Mutex<bool>, Condvar),
+) {
+    let script = Script::new(RENEW_SCRIPT);
+    let every = Duration::from_millis((ttl_ms / 5).max(1));
+    let mut conn: Option<redis::Connection> = None;
+    let mut lost = false;
+    loop {
+        {
+            let (lock, cv) = stop;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = cv
+                .wait_timeout_while(guard, every, |stopped| !*stopped)
+                .unwrap_or_else(|e| e.into_inner());
+            if *guard {
+                return;
+            }
+        }
+        if conn.is_none() {
+            conn = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            tracing::warn!(
+                key,
+                "redis lease: cannot reach the server to renew the lease"
+            );
+            continue;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+        match script.key(key).arg(token).arg(ttl_ms).invoke::<i64>(c) {
+            Ok(1) => {
+                if lost {
+                    tracing::info!(key, "redis lease: held again");
+                    lost = false;
+                }
+            }
+            Ok(_) => {
+                if !lost {
+                    tracing::error!(key, "redis lease: lost to another engine; this engine's writes are refused from now on (restart it)");
+                    lost = true;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "redis lease: renewal failed");
+                conn = None;
+            }
+        }
+    }
+}
+
+impl Drop for OwnerLease {
+    fn drop(&mut self) {
+        {
+            let (lock, cv) = &*self.stop;
+            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(mut c) = self
+            .client
+            .get_connection_with_timeout(Duration::from_secs(2))
+        {
+            let _: RedisResult<i64> = Script::new(RELEASE_SCRIPT)
+                .key(self.key.as_str())
+                .arg(self.token.as_str())
+                .invoke(&mut c);
+        }
+    }
+}
+
+/// Runs a network round trip. Called from a task of a multi-threaded Tokio runtime (engine
+/// reads happen on callers' tasks), it tells the runtime first, so other tasks move to other
+/// threads instead of waiting behind the socket; elsewhere (committer threads) it just runs.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 impl Store for RedisStore {
     fn commit(&self, batch: Batch, sync: bool) -> Result<(), StoreError> {
+        off_runtime(|| self.commit_now(batch, sync))
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        off_runtime(|| self.get_now(space, key))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        off_runtime(|| self.scan_now(space, prefix, start_after, limit))
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // Durability is the server's (see the module docs): a durable server has fsync'd every
+        // acknowledged batch already; for any other, the client cannot force it.
+        Ok(())
+    }
+
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            adapter: "redis",
+            durable: self.durable,
+            path: None,
+        }
+    }
+}
+
+impl RedisStore {
+    fn commit_now(&self, batch: Batch, sync: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return if sync { self.sync() } else { Ok(()) };
         }
@@ -397,12 +652,12 @@ impl Store for RedisStore {
         self.apply(&mut lease, &batch).map_err(|e| commit_error(&e))
     }
 
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get_now(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let hash = &self.space(space).values;
         self.read("get", |c| redis::cmd("HGET").arg(hash).arg(key).query(c))
     }
 
-    fn scan(
+    fn scan_now(
         &self,
         space: Space,
         prefix: &[u8],
@@ -440,20 +695,6 @@ impl Store for RedisStore {
             out.push((key, value));
         }
         Ok(out)
-    }
-
-    fn sync(&self) -> Result<(), StoreError> {
-        // Durability is the server's (see the module docs): a durable server has fsync'd every
-        // acknowledged batch already; for any other, the client cannot force it.
-        Ok(())
-    }
-
-    fn info(&self) -> StoreInfo {
-        StoreInfo {
-            adapter: "redis",
-            durable: self.durable,
-            path: None,
-        }
     }
 }
 
@@ -846,6 +1087,98 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_lease_is_exclusive_renewed_and_released() {
+        let Some(mut admin) = admin() else { return };
+        let prefixes = Prefixes::new(admin_or_panic());
+        let key = format!("{}:owner", prefixes.next());
+        let ttl = Duration::from_millis(500);
+        let a = OwnerLease::acquire(&url(), &key, "a", ttl, Duration::ZERO).unwrap();
+        // Renewed past its TTL while held.
+        std::thread::sleep(Duration::from_millis(1200));
+        let e = OwnerLease::acquire(&url(), &key, "b", ttl, Duration::from_millis(300))
+            .err()
+            .expect("the lease is still held");
+        assert!(e.to_string().contains("held by another engine (a)"), "{e}");
+        let fence = a.fence();
+        assert_eq!(
+            (fence.key.as_str(), fence.token.as_str()),
+            (key.as_str(), "a")
+        );
+        drop(a);
+        let holder: Option<String> = redis::cmd("GET").arg(&key).query(&mut admin).unwrap();
+        assert_eq!(holder, None, "released on drop");
+        let b = OwnerLease::acquire(&url(), &key, "b", ttl, Duration::ZERO).unwrap();
+        // An expired holder's lease is taken after the wait.
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("stale")
+            .arg("PX")
+            .arg(300)
+            .query(&mut admin)
+            .unwrap();
+        drop(b);
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("stale")
+            .arg("PX")
+            .arg(300)
+            .query(&mut admin)
+            .unwrap();
+        let c = OwnerLease::acquire(&url(), &key, "c", ttl, Duration::from_secs(3)).unwrap();
+        drop(c);
+    }
+
+    #[test]
+    fn a_fenced_store_commits_only_while_it_holds_the_fence() {
+        let Some(mut admin) = admin() else { return };
+        let prefixes = Prefixes::new(admin_or_panic());
+        let prefix = prefixes.next();
+        let fence_key = format!("{prefix}:owner");
+        let store = RedisStore::open(
+            &url(),
+            RedisStoreOptions {
+                key_prefix: prefix.clone(),
+                fence: Some(Fence {
+                    key: fence_key.clone(),
+                    token: "engine-a".into(),
+                }),
+                ..RedisStoreOptions::default()
+            },
+        )
+        .unwrap();
+        let put = |v: &[u8]| {
+            let mut b = Batch::new();
+            b.put(Space::StateData, b"k".to_vec(), v.to_vec());
+            b
+        };
+        // Nobody holds the fence yet: refused.
+        let e = store.commit(put(b"1"), true).unwrap_err();
+        assert!(e.to_string().contains("no longer holds"), "{e}");
+        let _: () = redis::cmd("SET")
+            .arg(&fence_key)
+            .arg("engine-a")
+            .query(&mut admin)
+            .unwrap();
+        store.commit(put(b"2"), true).unwrap();
+        assert_eq!(
+            store.get(Space::StateData, b"k").unwrap(),
+            Some(b"2".to_vec())
+        );
+        // Another engine took the lease: this one's batches are refused and change nothing.
+        let _: () = redis::cmd("SET")
+            .arg(&fence_key)
+            .arg("engine-b")
+            .query(&mut admin)
+            .unwrap();
+        let e = store.commit(put(b"3"), true).unwrap_err();
+        assert!(e.to_string().contains("no longer holds"), "{e}");
+        assert_eq!(
+            store.get(Space::StateData, b"k").unwrap(),
+            Some(b"2".to_vec())
+        );
+    }
+
+    #[test]
     fn prefixes_isolate_data_sets() {
         let Some(admin) = admin() else { return };
         let prefixes = Prefixes::new(admin);
@@ -1108,6 +1441,7 @@ mod tests {
                 connect_timeout: timeout,
                 io_timeout: timeout,
                 max_connections: 2,
+                fence: None,
             },
         )
         .unwrap();

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use trine_engine::state::StateOptions;
-use trine_store::{FileStore, FileStoreOptions, MemoryStore, Store};
+use trine_store::{
+    FileStore, FileStoreOptions, MemoryStore, OwnerLease, RedisStore, RedisStoreOptions, Store,
+};
 
 use crate::cli::{LogFormat, ServeArgs, StateStore};
 
@@ -122,11 +124,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         state_from_file = true;
         if let Some(st) = &file.stream {
             stream_auth = st.auth_function.clone();
-            if st.adapter.name != "kv" {
-                anyhow::bail!(
-                    "iii-stream adapter `{}` is not available in this Trine build yet; use `kv`",
-                    st.adapter.name
-                );
+            let state_adapter = file.state.as_ref().map(|s| s.adapter.name.as_str());
+            match (st.adapter.name.as_str(), state_adapter) {
+                ("kv", _) => {}
+                ("redis", Some("redis")) => {
+                    tracing::info!("iii-stream adapter redis: stream items live in the state module's Redis data set");
+                }
+                (other, _) => anyhow::bail!(
+                    "iii-stream adapter `{other}` is not available in this Trine build; use `kv`, or `redis` together with an iii-state redis adapter"
+                ),
             }
             if st.adapter.config.get("store_method").is_some()
                 || st.adapter.config.get("file_path").is_some()
@@ -185,6 +191,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::new(engine_config);
     // The engine's durable store, when state runs on the file store (shared by queues and cron).
     let mut durable_store: Option<Arc<dyn Store>> = None;
+    let mut redis_lease: Option<OwnerLease> = None;
     // State and streams share one store (and one group-committing writer). It is opened when
     // either module runs; the state functions only when iii-state is on.
     let bridge_url = state_config
@@ -207,7 +214,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if !functions && bridge_url.is_none() {
             tracing::info!("state functions off (the config file does not list iii-state); the store serves streams");
         }
-        durable_store = plan.start(&engine)?;
+        (durable_store, redis_lease) = plan.start(&engine)?;
         if let Some(url) = &bridge_url {
             trine_engine::state::bridge::install(&engine, url)
                 .await
@@ -278,13 +285,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down");
     shutdown.cancel();
     engine.shutdown().await;
+    // Committers are stopped: the data set can go to another engine.
+    drop(redis_lease);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
+/// What [`StatePlan::start`] opened: the store when it is durable, and the ownership lease of a
+/// Redis data set (held until shutdown).
+type Started = (Option<Arc<dyn Store>>, Option<OwnerLease>);
+
 /// Where and how the state module stores data, after flags, env vars and the config file.
 struct StatePlan {
     store: StateStore,
+    /// `adapter: redis`: the server URL, the data set's key prefix, the lease TTL.
+    redis: Option<(String, String, Duration)>,
     dir: PathBuf,
     cache_bytes: u64,
     checkpoint_bytes: u64,
@@ -299,12 +314,28 @@ impl StatePlan {
         data_dir: &Path,
     ) -> anyhow::Result<Self> {
         let adapter = &state.adapter;
-        if adapter.name != "kv" && adapter.name != "bridge" {
-            anyhow::bail!(
-                "iii-state adapter `{}` is not available in this Trine build yet; use `kv` (in_memory or file_based)",
-                adapter.name
-            );
-        }
+        let redis = (adapter.name == "redis").then(|| {
+            let url = adapter
+                .config
+                .get("redis_url")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .or_else(|| std::env::var("REDIS_URL").ok())
+                .unwrap_or_else(|| "redis://localhost:6379".to_owned());
+            let prefix = adapter
+                .config
+                .get("key_prefix")
+                .and_then(|v| v.as_str())
+                .unwrap_or("trine")
+                .to_owned();
+            let ttl = adapter
+                .config
+                .get("lease_ttl_ms")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(10_000)
+                .max(100);
+            (url, prefix, Duration::from_millis(ttl))
+        });
         let method = adapter.config.get("store_method").and_then(|v| v.as_str());
         let store = match (args.state_store, method) {
             (Some(s), _) => s,
@@ -339,6 +370,7 @@ impl StatePlan {
         }
         Ok(StatePlan {
             store,
+            redis,
             dir,
             cache_bytes: args.state_cache_mb.unwrap_or(64) << 20,
             checkpoint_bytes: args.state_checkpoint_mb.unwrap_or(64).max(1) << 20,
@@ -346,14 +378,52 @@ impl StatePlan {
         })
     }
 
-    /// Opens the store and starts the state module; returns the store when it is durable.
-    fn start(self, engine: &Engine) -> anyhow::Result<Option<Arc<dyn Store>>> {
-        let store: Arc<dyn Store> = match self.store {
-            StateStore::InMemory => {
+    /// Opens the store and starts the state module; returns the store when it is durable, and
+    /// the ownership lease of a Redis data set (held until shutdown).
+    fn start(
+        self,
+        engine: &Engine,
+    ) -> anyhow::Result<Started> {
+        let mut lease = None;
+        let store: Arc<dyn Store> = match (&self.redis, self.store) {
+            (Some((url, prefix, ttl)), _) => {
+                // One engine per data set until cluster mode: an exclusive lease, and a fence
+                // on every commit so an engine that lost the lease cannot write.
+                let token = format!(
+                    "{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                );
+                let l = OwnerLease::acquire(
+                    url,
+                    &format!("{prefix}:owner"),
+                    &token,
+                    *ttl,
+                    *ttl + Duration::from_secs(2),
+                )
+                .with_context(|| format!("taking the Redis data set `{prefix}` at {url}"))?;
+                let s = RedisStore::open(
+                    url,
+                    RedisStoreOptions {
+                        key_prefix: prefix.clone(),
+                        fence: Some(l.fence()),
+                        ..RedisStoreOptions::default()
+                    },
+                )
+                .with_context(|| format!("opening the Redis state store at {url}"))?;
+                tracing::info!(url = %url, key_prefix = %prefix, durable = s.info().durable,
+                    "state: Redis store (this engine holds the data set's lease)");
+                lease = Some(l);
+                Arc::new(s)
+            }
+            (None, StateStore::InMemory) => {
                 tracing::info!("state: in memory (nothing survives a restart)");
                 Arc::new(MemoryStore::new())
             }
-            StateStore::FileBased => {
+            (None, StateStore::FileBased) => {
                 let started = std::time::Instant::now();
                 let opts = FileStoreOptions {
                     cache_bytes: self.cache_bytes,
@@ -371,7 +441,7 @@ impl StatePlan {
         engine
             .enable_state(store, self.options)
             .context("starting the state module")?;
-        Ok(durable)
+        Ok((durable, lease))
     }
 }
 
