@@ -624,3 +624,58 @@ async fn a_call_refused_as_overloaded_does_not_use_an_attempt() {
     until("settled", async || status(&e, "w").await["pending"] == 0).await;
     assert_eq!(status(&e, "w").await["dlq_count"], 0);
 }
+
+#[tokio::test]
+async fn a_graceful_stop_does_not_use_the_attempt_of_a_job_in_flight() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let e1 = engine_on(store.clone(), standard_config());
+    let mut w1 = FakeWorker::connect(&e1);
+    w1.register_function(&e1, "h").await;
+    // Queue `z` allows one attempt: the stop must not count as it.
+    w1.enqueue_ok(&e1, "z", "h", json!({"once": true})).await;
+    let _in_flight = w1.next_call().await;
+    e1.shutdown().await;
+    drop(e1);
+
+    let e2 = engine_on(store, standard_config());
+    assert_eq!(status(&e2, "z").await["dlq_count"], 0);
+    let mut w2 = FakeWorker::connect(&e2);
+    w2.register_function(&e2, "h").await;
+    let inv = w2.next_call().await;
+    assert_eq!(inv.data, json!({"once": true}));
+    w2.answer(&e2, &inv, Ok(Value::Null)).await;
+    until("settled", async || status(&e2, "z").await["pending"] == 0).await;
+}
+
+#[tokio::test]
+async fn a_missing_condition_function_fails_attempts_instead_of_waiting() {
+    let e = engine();
+    let mut w = FakeWorker::connect(&e);
+    w.register_function(&e, "H").await;
+    w.register_trigger(
+        &e,
+        "sc",
+        "durable:subscriber",
+        "H",
+        json!({"topic": "nc", "condition_function_id": "no::such::condition"}),
+    )
+    .await;
+    ok(
+        &e,
+        "iii::durable::publish",
+        json!({"topic": "nc", "data": 1}),
+    )
+    .await;
+    // The adapter allows 2 attempts with a 20 ms backoff.
+    until("the dead letter", async || {
+        ok(&e, "engine::queue::topic_stats", json!({"topic": "nc"})).await["dlq_depth"] == 1
+    })
+    .await;
+    let dlq = ok(&e, "engine::queue::dlq_messages", json!({"topic": "nc"})).await;
+    assert_eq!(dlq[0]["error_code"], "condition_error");
+    assert_eq!(dlq[0]["retries"], 2);
+    assert!(
+        w.quiet_for(Duration::from_millis(100)).await,
+        "the handler never ran"
+    );
+}

@@ -64,6 +64,8 @@ pub mod codes {
     pub const REDRIVE_MESSAGE_FAILED: &str = "redrive_message_failed";
     pub const DISCARD_MESSAGE_FAILED: &str = "discard_message_failed";
     pub const DLQ_MESSAGES_FAILED: &str = "dlq_messages_failed";
+    /// A topic subscription's condition function failed (a failed attempt).
+    pub const CONDITION_ERROR: &str = "condition_error";
     /// A stored job could not be read back (dead-lettered with this code).
     pub const CORRUPT_JOB: &str = "corrupt_job";
 }
@@ -554,7 +556,13 @@ impl QueueModule {
             return;
         };
         let outcome = self.attempt(&engine, &rt, &job).await;
+        let stopping = engine.shutdown_token().is_cancelled();
         drop(engine);
+        if stopping && outcome.is_err() {
+            // The engine is stopping (its workers are being disconnected): the job stays stored
+            // as it is and runs again after the restart, without using an attempt.
+            return;
+        }
         match outcome {
             Ok(()) => {
                 rt.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -652,8 +660,13 @@ impl QueueModule {
         if let Some(cond) = rt.condition() {
             let mut c = Call::new(cond, data.clone(), Caller::Engine);
             c.timeout = Some(timeout);
+            // A condition failure (including a missing condition function) is a failed attempt,
+            // never a reason to wait for the handler.
             let out = engine.invoke(c).await.map_err(|e| {
-                ErrorBody::new(e.code, format!("Condition function error: {}", e.message))
+                ErrorBody::new(
+                    codes::CONDITION_ERROR,
+                    format!("Condition function error: {}: {}", e.code, e.message),
+                )
             })?;
             if out == Some(Value::Bool(false)) {
                 return Ok(());
