@@ -613,6 +613,7 @@ impl Engine {
                 // loop saves a task hop per call. Everything else runs on its own task so a slow
                 // callee never stalls this connection.
                 let inline = call.function_id.starts_with("engine::")
+                    && !waits_on_storage(&call.function_id)
                     && matches!(
                         self.registry()
                             .functions
@@ -874,6 +875,13 @@ async fn reply(
     ));
     // Waiting here applies back-pressure to this caller only; it fails once the caller is gone.
     let _ = conn.send(&msg).await;
+}
+
+/// Built-in `engine::*` functions that wait for a commit or scan a store: they run on their own
+/// task like worker calls, never in a connection's read loop.
+fn waits_on_storage(function_id: &str) -> bool {
+    function_id.starts_with("engine::queue::")
+        || function_id.starts_with("engine::state::dead_letters::")
 }
 
 fn timeout_error(function_id: &str, timeout: Duration) -> ErrorBody {
