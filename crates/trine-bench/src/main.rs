@@ -6,6 +6,9 @@
 //! - `state`: `state-set` (durable writes vs the disk's fsync ceiling), `state-get` (vs
 //!   redis-benchmark), `trigger-latency` (write → state trigger handler), `state-memory` (1 M
 //!   keys: memory, disk, restart-to-ready).
+//! - `redis_state`: `--state-adapter redis` (the engine's state on a Redis server: generated
+//!   config file, per-run key prefix deleted afterwards; `redis-cli` / `redis-benchmark` against
+//!   that server).
 //! - `streams`: `stream-fanout` (N WebSocket subscribers, `stream::send` at increasing rates),
 //!   `stream-idle-memory` (engine memory per idle subscriber), `stream-todo-latency` (the seed's
 //!   todo app: POST → `todo_changed` on the stream), `stream-slow-consumer` (readers' latency
@@ -29,6 +32,7 @@ mod histogram;
 mod http_client;
 mod load;
 mod queues;
+mod redis_state;
 mod report;
 mod scenarios;
 mod state;
@@ -39,10 +43,11 @@ mod yardstick;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{locate_binary, EngineProcess, EngineSpec};
 use crate::queues::{QueueBench, QueueConfig, QueueSettings};
+use crate::redis_state::RedisDataSet;
 use crate::scenarios::Settings;
 use crate::state::StateSettings;
 use crate::streams::StreamSettings;
@@ -84,6 +89,17 @@ struct Cli {
     /// `--state-store` of the engine (`file_based` or `in_memory`) [default: the engine's].
     #[arg(long, global = true)]
     state_store: Option<String>,
+    /// Where the engine keeps state in `state-set`, `state-get` and `trigger-latency` (`state`
+    /// runs those three, not `state-memory`): `kv`, its own store (`--state-store` picks which);
+    /// `redis`, the `redis` adapter at `--redis-url`, from a generated config file, under a key
+    /// prefix of the run's own that is deleted afterwards. On Redis, `state-set` / `state-get`
+    /// compare with that server's `redis-benchmark -t set` / `-t get` (`-c` the same
+    /// concurrency, `-d --value-bytes`, `-P 1`).
+    #[arg(long, global = true, value_enum, default_value_t = StateAdapter::Kv)]
+    state_adapter: StateAdapter,
+    /// Redis server of `--state-adapter redis`.
+    #[arg(long, global = true, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Extra argument for `trine serve` (repeatable), e.g. `--engine-arg=--threads=2`.
     #[arg(long, global = true, allow_hyphen_values = true)]
     engine_arg: Vec<String>,
@@ -168,6 +184,14 @@ struct Cli {
     slow_repeats: usize,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
+enum StateAdapter {
+    /// The engine's own store (no config file).
+    Kv,
+    /// The `redis` adapter (generated config file).
+    Redis,
+}
+
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq)]
 enum Scenario {
     /// HTTP trigger served by a trine-sdk worker vs a bare axum hello-world.
@@ -215,6 +239,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    use Scenario::*;
+    let on_redis = cli.state_adapter == StateAdapter::Redis;
+    if on_redis {
+        if !matches!(cli.command, StateSet | StateGet | TriggerLatency | State) {
+            anyhow::bail!("--state-adapter redis applies to state-set, state-get, trigger-latency and state only");
+        }
+        if cli.state_store.is_some() {
+            anyhow::bail!("--state-store picks the engine's own store; it does not go with --state-adapter redis");
+        }
+    }
     let settings = Settings {
         warmup: Duration::from_secs_f64(cli.warmup.max(0.0)),
         duration: Duration::from_secs_f64(cli.duration.max(0.1)),
@@ -243,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         get_keys: cli.get_keys.max(1),
         trigger_rate: cli.trigger_rate.max(1.0),
         fsync_duration: Duration::from_secs_f64(cli.fsync_seconds.max(0.1)),
+        redis: None,
     };
     let queue_settings = QueueSettings {
         producers: cli.producers.iter().map(|&p| p.max(1)).collect(),
@@ -285,7 +320,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .insert(0, "--state-store=in_memory".to_owned());
     }
 
-    use Scenario::*;
     let cmd = cli.command;
     if matches!(cmd, Http | Roundtrip | All) {
         let engine = EngineProcess::start(spec.clone())?;
@@ -298,8 +332,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print_peak_rss(&engine);
     }
     if matches!(cmd, StateSet | StateGet | TriggerLatency | State) {
-        let engine = EngineProcess::start(spec.clone())?;
-        state::print_storage(&engine);
+        // Declared before the engine, so that on an early return the engine is dropped (killed)
+        // before the data set's keys are deleted.
+        let mut data_set = None;
+        let mut state_spec = spec.clone();
+        let mut state_settings = state_settings.clone();
+        if on_redis {
+            let ds = RedisDataSet::create(&spec.base_dir, &cli.redis_url)?;
+            state_spec
+                .extra_args
+                .insert(0, format!("--config={}", ds.config_path().display()));
+            state_settings.redis = Some(ds.server().clone());
+            data_set = Some(ds);
+        }
+        let mut engine = EngineProcess::start(state_spec)?;
+        match &data_set {
+            Some(ds) => {
+                println!("engine state: {}", ds.server().describe());
+                println!("engine state key prefix: {}", ds.prefix());
+            }
+            None => state::print_storage(&engine),
+        }
         if matches!(cmd, StateSet | State) {
             state::state_set(&settings, &state_settings, &engine).await?;
         }
@@ -310,8 +363,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state::trigger_latency(&settings, &state_settings, &engine).await?;
         }
         print_peak_rss(&engine);
+        if let Some(mut ds) = data_set {
+            // A clean stop releases the data set's lease; then nothing writes under the prefix.
+            if let Err(e) = engine.terminate(Duration::from_secs(30)) {
+                eprintln!("warning: {e:#}");
+            }
+            drop(engine);
+            match ds.cleanup() {
+                Ok(n) => println!("deleted the run's {n} Redis keys ({}:*)", ds.prefix()),
+                Err(e) => eprintln!("warning: {e:#}"),
+            }
+        }
     }
-    if matches!(cmd, StateMemory | State) {
+    if on_redis && cmd == State {
+        eprintln!(
+            "state-memory skipped: it measures the engine's own store (not --state-adapter redis)"
+        );
+    } else if matches!(cmd, StateMemory | State) {
         // A fresh engine and data dir: the memory figures are for this data set alone.
         let mut engine = EngineProcess::start(spec.clone())?;
         if cmd == StateMemory {

@@ -36,12 +36,12 @@ impl Row {
 
     pub fn redis(concurrency: usize, r: &RedisRun) -> Self {
         Self {
-            scenario: "redis-benchmark GET (yardstick)".to_owned(),
+            scenario: format!("{} (yardstick)", r.label),
             concurrency,
             requests: r.requests,
             per_second: r.per_second,
             p50: r.p50_ms.map(|ms| Duration::from_secs_f64(ms / 1_000.0)),
-            p99: None,
+            p99: r.p99_ms.map(|ms| Duration::from_secs_f64(ms / 1_000.0)),
             ratio: None,
             engine_cpu: None,
             errors: 0,

@@ -12,6 +12,11 @@
 //!
 //! Every write goes through the trine-sdk (`Worker::call("state::set", …)`), like an application's
 //! would. Values are JSON objects padded to `--value-bytes` of compact JSON; keys are 24 bytes.
+//!
+//! With `--state-adapter redis` the engine keeps its state on a Redis server
+//! ([`crate::redis_state`]); `state-set` and `state-get` then compare with that server's own
+//! `redis-benchmark -t set` / `-t get` at the same concurrency (`-d --value-bytes -P 1`) instead
+//! of the fsync ceiling / the local `redis-benchmark -t get`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +29,7 @@ use trine_sdk::{ErrorBody, Worker};
 use crate::engine::{disk_usage, file_system_of, EngineProcess, Memory, ProcessIo};
 use crate::histogram::Histogram;
 use crate::load::{self, Measurement};
+use crate::redis_state::{RedisCpu, RedisServer};
 use crate::report::{latency, print_table, Row};
 use crate::scenarios::{
     engine_cpu_per_request, on_client_runtime, report_errors, worker_options, Settings,
@@ -48,6 +54,9 @@ pub struct StateSettings {
     pub trigger_rate: f64,
     /// Seconds of each fsync probe.
     pub fsync_duration: Duration,
+    /// The Redis server the engine's state runs on (`--state-adapter redis`): the yardsticks of
+    /// `state-set` and `state-get` run against it.
+    pub redis: Option<RedisServer>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -307,7 +316,11 @@ pub async fn state_set(
     st: &StateSettings,
     engine: &EngineProcess,
 ) -> anyhow::Result<()> {
-    let fsync = fsync_yardstick(engine, st.fsync_duration).await?;
+    // On Redis the disk is not the engine's to sync: the yardstick is Redis's own SET instead.
+    let fsync = match st.redis {
+        Some(_) => Vec::new(),
+        None => fsync_yardstick(engine, st.fsync_duration).await?,
+    };
     let ceiling = fsync
         .iter()
         .find(|r| r.mode == FsyncMode::Overwrite)
@@ -318,7 +331,9 @@ pub async fn state_set(
     let (warmup, duration) = (settings.warmup, settings.duration);
     let (writers, connections, value_bytes) = (st.writers, st.connections, st.value_bytes);
     let pid = engine.pid();
+    let redis_pid = st.redis.as_ref().and_then(RedisServer::local_pid);
     let cpu_before = engine.cpu_time();
+    let redis_cpu = RedisCpu::start(redis_pid);
     let run_started = Instant::now();
     let run = on_client_runtime(settings.client_threads, move || async move {
         let workers = connect_all(&url, connections).await?;
@@ -364,6 +379,7 @@ pub async fn state_set(
     .await?;
     let (m, info, (ta, a, io_a), (tb, b, io_b)) = run;
     let cpu_after = engine.cpu_time();
+    let redis_cores = redis_cpu.cores();
     let engine_cores = cpu_after
         .zip(cpu_before)
         .and_then(|(a, b)| a.checked_sub(b))
@@ -397,9 +413,23 @@ pub async fn state_set(
         engine_cpu.map_or("–".into(), |d| format!("{:.1} µs", d.as_secs_f64() * 1e6)),
         m.errors,
     );
+    let wps = m.per_second();
+    if let Some(server) = &st.redis {
+        let (server, n) = (server.clone(), settings.redis_requests);
+        let redis =
+            tokio::task::spawn_blocking(move || server.benchmark("set", writers, n, value_bytes))
+                .await?;
+        print_redis_set(
+            writers,
+            wps,
+            &redis,
+            engine_cores,
+            redis_cores.zip(redis_pid),
+        );
+        return Ok(());
+    }
     print_fsync_table(&fsync);
     println!();
-    let wps = m.per_second();
     let batch_ceiling = ceiling * writers as f64;
     if ceiling > 0.0 {
         println!(
@@ -448,6 +478,54 @@ pub async fn state_set(
     Ok(())
 }
 
+/// `state-set` on Redis: the server's own SET at the same concurrency, and the ratio.
+fn print_redis_set(
+    writers: usize,
+    trine_per_second: f64,
+    redis: &Result<crate::yardstick::RedisRun, String>,
+    engine_cores: Option<f64>,
+    redis_cores: Option<(f64, u32)>,
+) {
+    println!();
+    println!("### yardstick: the same Redis server's own SET, {writers} clients");
+    println!();
+    match redis {
+        Ok(r) => {
+            println!("| yardstick | clients | requests | SET/s | p50 | p99 |");
+            println!("|---|---:|---:|---:|---:|---:|");
+            let ms = |v: Option<f64>| {
+                v.map_or("–".into(), |ms| {
+                    latency(Duration::from_secs_f64(ms / 1e3))
+                })
+            };
+            println!(
+                "| {} | {writers} | {} | {:.0} | {} | {} |",
+                r.label,
+                r.requests,
+                r.per_second,
+                ms(r.p50_ms),
+                ms(r.p99_ms)
+            );
+            println!();
+            println!(
+                "- writers={writers}: trine/redis = {trine_per_second:.0} / {:.0} = {:.0} % (target ≥ 50 %)",
+                r.per_second,
+                trine_per_second / r.per_second * 100.0
+            );
+        }
+        Err(why) => println!("- no Redis yardstick — {why}"),
+    }
+    if let Some(cores) = engine_cores {
+        println!(
+            "- engine CPU use over the trine run: {cores:.2} cores (of {})",
+            cores_available()
+        );
+    }
+    if let Some((cores, pid)) = redis_cores {
+        println!("- Redis server (pid {pid}) CPU use over the trine run: {cores:.2} cores");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // state-get
 
@@ -478,10 +556,17 @@ pub async fn state_get(
 
     let mut rows = Vec::new();
     let mut summary = Vec::new();
+    let redis_pid = st.redis.as_ref().and_then(RedisServer::local_pid);
     for &c in &settings.concurrency {
         let cpu_before = engine.cpu_time();
+        let redis_cpu = RedisCpu::start(redis_pid);
         let t = get_load(settings, &engine.worker_url, c, keys).await?;
         let engine_cpu = engine_cpu_per_request(cpu_before, engine.cpu_time(), &t);
+        if let Some(cores) = redis_cpu.cores() {
+            summary.push(format!(
+                "c={c}: Redis server CPU during the trine run (warm-up included): {cores:.2} cores"
+            ));
+        }
         report_errors("trine state::get", &t);
         let mut row = Row::measured(
             &format!("trine-sdk state::get ({value_bytes} B values)"),
@@ -489,7 +574,12 @@ pub async fn state_get(
         );
         row.engine_cpu = engine_cpu;
         let n = settings.redis_requests;
-        match tokio::task::spawn_blocking(move || redis_benchmark(c, n)).await? {
+        let server = st.redis.clone();
+        let redis = tokio::task::spawn_blocking(move || match server {
+            Some(server) => server.benchmark("get", c, n, value_bytes),
+            None => redis_benchmark(c, n),
+        });
+        match redis.await? {
             Ok(r) => {
                 let ratio = t.per_second() / r.per_second;
                 row.ratio = Some(ratio);

@@ -1,5 +1,6 @@
 //! The reference points measured in the same run: a bare axum hello-world server (in-process),
-//! `redis-benchmark` against the local Redis, and the disk's fsync rate (`fsync_probe`).
+//! `redis-benchmark` against the local Redis (or the one the engine's state runs on), and the
+//! disk's fsync rate (`fsync_probe`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,59 +43,115 @@ pub async fn start_axum() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// One `redis-benchmark -t get` run.
+/// One `redis-benchmark` run (one test).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisRun {
+    /// What ran, for the tables: e.g. `redis-benchmark GET` or `redis-benchmark SET -d 200 -P 1`.
+    pub label: String,
     pub requests: u64,
     pub per_second: f64,
     pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
-/// Runs `redis-benchmark -h 127.0.0.1 -p 6379 -t get -c <c> -n <n> -q` (blocking).
-/// `Err` explains why there is no figure (not installed, no server, unparsable output).
-pub fn redis_benchmark(concurrency: usize, requests: u64) -> Result<RedisRun, String> {
-    let output = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", "6379", "-t", "get", "-q"])
-        .args(["-c", &concurrency.to_string(), "-n", &requests.to_string()])
-        .output()
-        .map_err(|e| match e.kind() {
+/// The arguments of one `redis-benchmark` run.
+#[derive(Debug, Clone)]
+pub struct RedisBench {
+    /// `-u <uri>`; `None`: `-h 127.0.0.1 -p 6379`.
+    pub uri: Option<String>,
+    /// `-t`: `get`, `set`, ….
+    pub test: &'static str,
+    /// `-c`.
+    pub concurrency: usize,
+    /// `-n`.
+    pub requests: u64,
+    /// `-d` (value bytes of SET/GET) [default: redis-benchmark's, 3].
+    pub value_bytes: Option<usize>,
+    /// `-P` [default: redis-benchmark's, 1 (no pipelining)].
+    pub pipeline: Option<usize>,
+}
+
+impl RedisBench {
+    fn label(&self) -> String {
+        let mut label = format!("redis-benchmark {}", self.test.to_ascii_uppercase());
+        if let Some(d) = self.value_bytes {
+            label.push_str(&format!(" -d {d}"));
+        }
+        if let Some(p) = self.pipeline {
+            label.push_str(&format!(" -P {p}"));
+        }
+        label
+    }
+
+    /// Runs it (blocking). `Err` explains why there is no figure (not installed, no server,
+    /// unparsable output).
+    pub fn run(&self) -> Result<RedisRun, String> {
+        let mut cmd = Command::new("redis-benchmark");
+        match &self.uri {
+            Some(uri) => cmd.args(["-u", uri]),
+            None => cmd.args(["-h", "127.0.0.1", "-p", "6379"]),
+        };
+        cmd.args(["-t", self.test, "--csv"])
+            .args(["-c", &self.concurrency.to_string()])
+            .args(["-n", &self.requests.to_string()]);
+        if let Some(d) = self.value_bytes {
+            cmd.args(["-d", &d.to_string()]);
+        }
+        if let Some(p) = self.pipeline {
+            cmd.args(["-P", &p.to_string()]);
+        }
+        let output = cmd.output().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => "redis-benchmark is not installed".to_owned(),
             _ => format!("cannot run redis-benchmark: {e}"),
         })?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    parse_quiet_output(&text)
-        .map(|(per_second, p50_ms)| RedisRun {
-            requests,
-            per_second,
-            p50_ms,
-        })
-        .ok_or_else(|| {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            format!(
-                "no result from redis-benchmark (is Redis running on 127.0.0.1:6379?): {} {}",
-                text.trim(),
-                stderr.trim()
-            )
-        })
+        let text = String::from_utf8_lossy(&output.stdout);
+        parse_csv_output(&text, self.test)
+            .map(|(per_second, p50_ms, p99_ms)| RedisRun {
+                label: self.label(),
+                requests: self.requests,
+                per_second,
+                p50_ms,
+                p99_ms,
+            })
+            .ok_or_else(|| {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                format!(
+                    "no result from redis-benchmark (is Redis running at {}?): {} {}",
+                    self.uri.as_deref().unwrap_or("127.0.0.1:6379"),
+                    text.trim(),
+                    stderr.trim()
+                )
+            })
+    }
 }
 
-/// Parses `GET: 30303.03 requests per second, p50=0.031 msec` (progress lines end with `\r`).
-fn parse_quiet_output(text: &str) -> Option<(f64, Option<f64>)> {
-    let line = text
-        .split(['\r', '\n'])
-        .rfind(|l| l.contains("requests per second"))?;
-    let rps = line
-        .split_once(':')?
-        .1
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let p50 = line
-        .split_once("p50=")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok());
-    Some((rps, p50))
+/// Runs `redis-benchmark -h 127.0.0.1 -p 6379 -t get -c <c> -n <n>` (blocking).
+/// `Err` explains why there is no figure (not installed, no server, unparsable output).
+pub fn redis_benchmark(concurrency: usize, requests: u64) -> Result<RedisRun, String> {
+    RedisBench {
+        uri: None,
+        test: "get",
+        concurrency,
+        requests,
+        value_bytes: None,
+        pipeline: None,
+    }
+    .run()
+}
+
+/// Parses the `--csv` output: a header, then `"GET","30303.03","0.040","0.016","0.031",…` with
+/// rps, avg, min, p50, p95, p99, max (older versions print only the test and rps). Returns rps,
+/// p50 and p99 of `test`'s line.
+fn parse_csv_output(text: &str, test: &str) -> Option<(f64, Option<f64>, Option<f64>)> {
+    let line = text.lines().find_map(|l| {
+        let mut fields = l.split(',').map(|f| f.trim().trim_matches('"'));
+        fields
+            .next()
+            .filter(|t| t.eq_ignore_ascii_case(test))
+            .map(|_| fields.map(str::to_owned).collect::<Vec<_>>())
+    })?;
+    let field = |i: usize| line.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((field(0)?, field(3), field(5)))
 }
 
 /// How the fsync probe writes before each `fdatasync`.
@@ -178,16 +235,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_quiet_output() {
-        let out = "\rGET: rps=0.0 (overall: 0.0) avg_msec=-nan (overall: -nan)\r   \rGET: 30303.03 requests per second, p50=0.031 msec\n\n";
-        assert_eq!(parse_quiet_output(out), Some((30303.03, Some(0.031))));
-        // Older versions print no percentile.
+    fn parses_csv_output() {
+        let out = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\"SET\",\"27777.78\",\"0.032\",\"0.016\",\"0.023\",\"0.071\",\"0.087\",\"1.199\"\n\"GET\",\"39215.69\",\"0.022\",\"0.016\",\"0.024\",\"0.031\",\"0.055\",\"0.415\"\n";
         assert_eq!(
-            parse_quiet_output("GET: 1000.00 requests per second\n"),
-            Some((1000.0, None))
+            parse_csv_output(out, "get"),
+            Some((39215.69, Some(0.024), Some(0.055)))
         );
         assert_eq!(
-            parse_quiet_output("Could not connect to Redis at 127.0.0.1:6379"),
+            parse_csv_output(out, "set"),
+            Some((27777.78, Some(0.023), Some(0.087)))
+        );
+        // Older versions print no percentiles.
+        assert_eq!(
+            parse_csv_output("\"GET\",\"1000.00\"\n", "get"),
+            Some((1000.0, None, None))
+        );
+        assert_eq!(parse_csv_output(out, "incr"), None);
+        assert_eq!(
+            parse_csv_output("Could not connect to Redis at 127.0.0.1:6379", "get"),
             None
         );
     }

@@ -147,6 +147,7 @@ struct Inner {
     state: OnceLock<Arc<crate::state::StateModule>>,
     streams: OnceLock<Arc<crate::stream::StreamModule>>,
     queues: OnceLock<Arc<crate::queue::QueueModule>>,
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// Bumped whenever the set of registered functions changes.
     functions_epoch: watch::Sender<u64>,
 }
@@ -168,6 +169,7 @@ impl Engine {
                 state: OnceLock::new(),
                 streams: OnceLock::new(),
                 queues: OnceLock::new(),
+                cluster: OnceLock::new(),
                 functions_epoch: watch::Sender::new(0),
             }),
         };
@@ -244,6 +246,22 @@ impl Engine {
         let module = crate::queue::install(self, store, options)?;
         let _ = self.inner.queues.set(module);
         Ok(())
+    }
+
+    /// Joins a cluster of engines on one Redis (calls to functions registered on other engines
+    /// are forwarded to them). Call once, inside the runtime, once the worker listener runs.
+    pub fn enable_cluster(&self, options: crate::cluster::ClusterOptions) -> Result<(), String> {
+        if self.inner.cluster.get().is_some() {
+            return Err("cluster mode is already enabled".into());
+        }
+        let c = crate::cluster::install(self, options)?;
+        let _ = self.inner.cluster.set(c);
+        Ok(())
+    }
+
+    /// Cluster membership, when enabled.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.inner.cluster.get()
     }
 
     /// The queue module, when enabled.
@@ -650,10 +668,20 @@ impl Engine {
         };
         let timeout = call.timeout.unwrap_or(self.inner.config.invocation_timeout);
         match handler {
-            None => Err(ErrorBody::new(
-                codes::FUNCTION_NOT_FOUND,
-                format!("Function {} not found", call.function_id),
-            )),
+            None => {
+                // Another engine of the cluster may have it (a forwarded call is never
+                // forwarded again).
+                if let Some(cluster) = self.inner.cluster.get() {
+                    if !crate::cluster::Cluster::is_forwarded(&call) {
+                        let fid = call.function_id.clone();
+                        if let Some(out) = cluster.forward(call, timeout).await {
+                            return out;
+                        }
+                        return Err(not_found(&fid));
+                    }
+                }
+                Err(not_found(&call.function_id))
+            }
             Some(Handler::Builtin(f)) => {
                 let fut = f(self.clone(), call.caller, call.data);
                 match tokio::time::timeout(timeout, fut).await {
@@ -875,6 +903,13 @@ async fn reply(
     ));
     // Waiting here applies back-pressure to this caller only; it fails once the caller is gone.
     let _ = conn.send(&msg).await;
+}
+
+fn not_found(function_id: &str) -> ErrorBody {
+    ErrorBody::new(
+        codes::FUNCTION_NOT_FOUND,
+        format!("Function {function_id} not found"),
+    )
 }
 
 /// Built-in `engine::*` functions that wait for a commit or scan a store: they run on their own

@@ -10,6 +10,7 @@
 //! - [`state`]: the `state::*` functions, the `state` trigger type and its durable delivery.
 //! - [`stream`]: stream items, `stream::send`, stream trigger types, the subscription hub.
 //! - [`queue`]: durable queues (the `Enqueue` action), durable topics, retries, dead letters.
+//! - [`cluster`]: calls across engines sharing one Redis (function directory, peer links).
 //! - [`logs`]: the bounded log ring fed by SDK telemetry and `engine::log::*`.
 //! - [`channels`]: one-way frame pipes (HTTP request bodies, streamed responses, worker helpers).
 //!
@@ -18,6 +19,7 @@
 
 pub mod builtins;
 pub mod channels;
+pub mod cluster;
 pub mod cron;
 pub mod engine;
 pub mod http;

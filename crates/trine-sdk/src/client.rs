@@ -207,8 +207,13 @@ impl Worker {
         };
         let mut link = shared.link.subscribe();
         *lock(&shared.supervisor) = Some(tokio::spawn(connection::supervise(Arc::clone(&shared))));
-        let opened = tokio::time::timeout(connect_timeout, link.wait_for(Option::is_some)).await;
-        if matches!(opened, Ok(Ok(_))) {
+        // Only whether it opened is kept: the watch guard must not live across the await below
+        // (it is not `Send`, and `connect` is called from spawned tasks).
+        let opened = matches!(
+            tokio::time::timeout(connect_timeout, link.wait_for(Option::is_some)).await,
+            Ok(Ok(_))
+        );
+        if opened {
             return Ok(worker);
         }
         worker.shutdown().await;
@@ -333,7 +338,21 @@ impl Worker {
         payload: Value,
         timeout: Duration,
     ) -> Result<Value, Error> {
-        self.request(function_id, payload, None, timeout).await
+        self.request(function_id, payload, None, timeout, None)
+            .await
+    }
+
+    /// [`call_with_timeout`](Self::call_with_timeout) carrying W3C `baggage` (propagated to the
+    /// handler like any trace context).
+    pub async fn call_with_baggage(
+        &self,
+        function_id: &str,
+        payload: Value,
+        timeout: Duration,
+        baggage: String,
+    ) -> Result<Value, Error> {
+        self.request(function_id, payload, None, timeout, Some(baggage))
+            .await
     }
 
     /// Puts a job on a durable queue (`action: enqueue`): `function_id` runs later with
@@ -353,6 +372,7 @@ impl Worker {
                 payload,
                 Some(action),
                 self.shared.options.call_timeout,
+                None,
             )
             .await?;
         out.get("messageReceiptId")
@@ -372,6 +392,7 @@ impl Worker {
         payload: Value,
         action: Option<TriggerAction>,
         timeout: Duration,
+        baggage: Option<String>,
     ) -> Result<Value, Error> {
         let deadline = Instant::now() + timeout;
         let invocation_id = self.shared.ids.next_id();
@@ -382,7 +403,7 @@ impl Worker {
             action,
             metadata: None,
             traceparent: None,
-            baggage: None,
+            baggage,
         });
         let frame = WsMessage::text(frame.to_json());
         let rx = loop {

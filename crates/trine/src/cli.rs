@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the engine: worker WebSocket, HTTP triggers, stream port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Invoke a function and print its result as JSON (exit code 1 on error).
     Call(CallArgs),
     /// Print kept log records (optionally following new ones).
@@ -154,6 +154,18 @@ pub struct ServeArgs {
     /// `in_memory` [default: file_based; with --config, what its iii-queue adapter says].
     #[arg(long, env = "TRINE_QUEUE_STORE", value_enum)]
     pub queue_store: Option<StateStore>,
+    /// Join a cluster of engines on this Redis (`redis://host:port`): calls to functions
+    /// registered on another engine of the cluster are forwarded to it (docs/cluster.md).
+    #[arg(long, env = "TRINE_CLUSTER_REDIS_URL")]
+    pub cluster_redis_url: Option<String>,
+    /// Names the cluster: engines with the same prefix on one Redis form one group
+    /// [default: trine].
+    #[arg(long, env = "TRINE_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+    /// The worker URL other engines of the cluster use to reach this one
+    /// [default: ws://<bound worker address>].
+    #[arg(long, env = "TRINE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Read cache of the file store, in MiB [default: 64].
     #[arg(long, env = "TRINE_STATE_CACHE_MB")]
     pub state_cache_mb: Option<u64>,

@@ -39,7 +39,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::Serve(args) => serve::run(*args).await,
             cli::Command::Call(args) => client_cmds::call(args).await,
             cli::Command::Logs(args) => client_cmds::logs(args).await,
             cli::Command::Queue(args) => client_cmds::queue(args).await,

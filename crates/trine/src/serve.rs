@@ -261,6 +261,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let addrs = trine_server::start(&engine, &settings, shutdown.clone()).await?;
 
+    if let Some(redis_url) = &args.cluster_redis_url {
+        let advertise_url = args.advertise_url.clone().unwrap_or_else(|| {
+            if addrs.worker.ip().is_unspecified() {
+                tracing::warn!("cluster: the worker listener is bound to {}; pass --advertise-url with an address other engines can reach", addrs.worker);
+            }
+            format!("ws://{}", addrs.worker)
+        });
+        engine
+            .enable_cluster(trine_engine::cluster::ClusterOptions {
+                redis_url: redis_url.clone(),
+                key_prefix: args
+                    .cluster_prefix
+                    .clone()
+                    .unwrap_or_else(|| "trine".into()),
+                advertise_url,
+                sync_every: Duration::from_millis(250),
+                ttl: Duration::from_secs(5),
+            })
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     let ready = json!({
         "worker_url": format!("ws://{}", addrs.worker),
         "http_url": addrs.http.map(|a| format!("http://{a}")),
@@ -380,10 +400,7 @@ impl StatePlan {
 
     /// Opens the store and starts the state module; returns the store when it is durable, and
     /// the ownership lease of a Redis data set (held until shutdown).
-    fn start(
-        self,
-        engine: &Engine,
-    ) -> anyhow::Result<Started> {
+    fn start(self, engine: &Engine) -> anyhow::Result<Started> {
         let mut lease = None;
         let store: Arc<dyn Store> = match (&self.redis, self.store) {
             (Some((url, prefix, ttl)), _) => {
