@@ -10,22 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trine_sdk::{Error, Worker, WorkerOptions};
+use trine_sdk::{Error, Worker};
 
-use support::EngineProcess;
-
-async fn connect(url: &str) -> Worker {
-    Worker::connect(
-        url,
-        WorkerOptions {
-            name: Some("bridge-test".into()),
-            connect_timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
+use support::{connect, EngineProcess};
 
 type Seen = Arc<Mutex<Vec<Value>>>;
 
@@ -74,8 +61,8 @@ async fn a_bridged_engine_forwards_state_and_fires_its_own_triggers() {
     let b =
         EngineProcess::start(&root_b, 0, 0, &["--config", "config.yaml"]).expect("engine B starts");
 
-    let wa = connect(&a.worker_url).await;
-    let wb = connect(&b.worker_url).await;
+    let wa = connect(&a.worker_url, "bridge-test").await;
+    let wb = connect(&b.worker_url, "bridge-test").await;
     let on_a = record_state(&wa, "test::on-a", "s");
     let on_b = record_state(&wb, "test::on-b", "s");
     tokio::time::sleep(Duration::from_millis(200)).await;

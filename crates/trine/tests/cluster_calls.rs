@@ -10,47 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trine_sdk::{Error, ErrorBody, Worker, WorkerOptions};
+use trine_sdk::{Error, ErrorBody};
 
-use support::EngineProcess;
-
-fn redis_url() -> String {
-    std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-/// Deletes every key of the run's prefix, also when the test fails.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut c)
-            .unwrap_or_default();
-        for k in keys {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(k).query(&mut c);
-        }
-    }
-}
-
-async fn connect(url: &str, name: &str) -> Worker {
-    Worker::connect(
-        url,
-        WorkerOptions {
-            name: Some(name.into()),
-            connect_timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
+use support::{connect, redis_url, EngineProcess, RedisPrefix};
 
 async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -62,12 +24,8 @@ async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_one_engine_calls_a_function_on_another() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("trine-test-{}-{nanos}", std::process::id());
-    let _cleanup = Cleanup(prefix.clone());
+    let run = RedisPrefix::new();
+    let prefix = run.0.clone();
     let root = std::env::temp_dir().join(&prefix);
     let url = redis_url();
     let args = [

@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trine_sdk::{ErrorBody, Worker, WorkerOptions};
+use trine_sdk::{ErrorBody, Worker};
 
-use support::{env_parse, tail, EngineProcess, Rng};
+use support::{connect, env_parse, tail, EngineProcess, Rng};
 
 const QUEUE: &str = "crash";
 const JOB_FN: &str = "crash::job";
@@ -47,19 +47,6 @@ workers:
 "#;
 
 type Runs = Arc<Mutex<HashMap<(u64, u64), u32>>>;
-
-async fn connect(url: &str, name: &str) -> Worker {
-    Worker::connect(
-        url,
-        WorkerOptions {
-            name: Some(name.into()),
-            connect_timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting {name} to {url}: {e}"))
-}
 
 /// The worker serving the jobs: records each run; the first run of every tenth job fails.
 async fn job_worker(url: &str, runs: &Runs) -> Worker {

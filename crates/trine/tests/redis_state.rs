@@ -11,56 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trine_sdk::{Worker, WorkerOptions};
 
-use support::EngineProcess;
-
-fn redis_url() -> String {
-    std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-/// Deletes every key of the run's prefix, also when the test fails.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut c) = client.get_connection() else {
-            return;
-        };
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.0))
-            .query(&mut c)
-            .unwrap_or_default();
-        for k in keys {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(k).query(&mut c);
-        }
-    }
-}
-
-async fn connect(url: &str) -> Worker {
-    Worker::connect(
-        url,
-        WorkerOptions {
-            name: Some("redis-state-test".into()),
-            connect_timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
-}
+use support::{connect, redis_url, EngineProcess, RedisPrefix};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_on_redis_survives_kill_and_admits_one_engine() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("trine-test-{}-{nanos}", std::process::id());
-    let _cleanup = Cleanup(prefix.clone());
+    let run = RedisPrefix::new();
+    let prefix = run.0.clone();
     let root = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&root).unwrap();
     let adapter = format!(
@@ -77,7 +34,7 @@ async fn state_on_redis_survives_kill_and_admits_one_engine() {
     let args = ["--config", "config.yaml"];
     let mut a = EngineProcess::start(&root, 0, 0, &args).expect("engine A starts on Redis");
 
-    let w = connect(&a.worker_url).await;
+    let w = connect(&a.worker_url, "redis-state-test").await;
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let s = seen.clone();
     w.register_function("test::on-change", move |ev: Value| {
@@ -132,7 +89,7 @@ async fn state_on_redis_survives_kill_and_admits_one_engine() {
     let started = Instant::now();
     let a2 = EngineProcess::start(&root, 1, 0, &args).expect("engine A' starts");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let w2 = connect(&a2.worker_url).await;
+    let w2 = connect(&a2.worker_url, "redis-state-test").await;
     let list = w2
         .call("state::list", json!({"scope": "todos"}))
         .await

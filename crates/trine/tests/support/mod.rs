@@ -173,3 +173,53 @@ impl Drop for EngineProcess {
         self.kill();
     }
 }
+
+/// Connects a Rust SDK worker named `name` (10 s to connect).
+pub async fn connect(url: &str, name: &str) -> trine_sdk::Worker {
+    trine_sdk::Worker::connect(
+        url,
+        trine_sdk::WorkerOptions {
+            name: Some(name.into()),
+            connect_timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting {name} to {url}: {e}"))
+}
+
+/// The Redis server of the tests (`TRINE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379/`).
+pub fn redis_url() -> String {
+    std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A key prefix of this run's own, whose keys are deleted when dropped (also on failure).
+pub struct RedisPrefix(pub String);
+
+impl RedisPrefix {
+    pub fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        RedisPrefix(format!("trine-test-{}-{nanos}", std::process::id()))
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut c) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut c)
+            .unwrap_or_default();
+        for k in keys {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(k).query(&mut c);
+        }
+    }
+}
