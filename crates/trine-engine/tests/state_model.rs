@@ -187,3 +187,53 @@ proptest! {
         run(ops, Arc::new(store));
     }
 }
+
+/// A Redis store under a key prefix of its own; the prefix's keys are deleted afterwards.
+fn redis_store(case: usize) -> (Arc<dyn Store>, String) {
+    let url =
+        std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("trine-test-model-{}-{nanos}-{case}", std::process::id());
+    let store = trine_store::RedisStore::open(
+        &url,
+        trine_store::RedisStoreOptions {
+            key_prefix: prefix.clone(),
+            ..Default::default()
+        },
+    )
+    .expect("a Redis server (TRINE_TEST_REDIS_URL, default 127.0.0.1:6379)");
+    (Arc::new(store), prefix)
+}
+
+fn drop_prefix(prefix: &str) {
+    let url =
+        std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut c)
+        .unwrap_or_default();
+    for k in keys {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(k).query(&mut c);
+    }
+}
+
+static REDIS_CASE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+proptest! {
+    // Writes read their records through the batched prefetch of a remote store.
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    #[test]
+    fn redis_store_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
+        let case = REDIS_CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (store, prefix) = redis_store(case);
+        run(ops, store);
+        drop_prefix(&prefix);
+    }
+}

@@ -23,6 +23,7 @@ pub type DurableCheck = fn(&Path, &dyn Fn(&Path) -> Box<dyn Store>);
 /// Every check [`run_all`] runs, by name.
 pub const CHECKS: &[(&str, Check)] = &[
     ("put_get_delete", put_get_delete),
+    ("get_many_in_order", get_many_in_order),
     ("overwrite", overwrite),
     ("scan_prefix_boundaries", scan_prefix_boundaries),
     ("scan_prefix_ending_in_ff", scan_prefix_ending_in_ff),
@@ -66,6 +67,29 @@ pub fn run_durable(make_at: &dyn Fn(&Path) -> Box<dyn Store>) {
 
 // ---------------------------------------------------------------------------------------------
 // Basic operations.
+
+/// `get_many` answers each key in order, `None` for missing ones, and nothing for no keys.
+pub fn get_many_in_order(s: &dyn Store) {
+    let mut b = Batch::new();
+    b.put(Space::StateData, b"a".to_vec(), b"1".to_vec());
+    b.put(Space::StateData, b"c".to_vec(), b"3".to_vec());
+    b.put(Space::Meta, b"b".to_vec(), b"other space".to_vec());
+    s.commit(b, false).expect("commit");
+    let keys = vec![b"c".to_vec(), b"b".to_vec(), b"a".to_vec(), b"c".to_vec()];
+    assert_eq!(
+        s.get_many(Space::StateData, &keys).expect("get_many"),
+        vec![
+            Some(b"3".to_vec()),
+            None,
+            Some(b"1".to_vec()),
+            Some(b"3".to_vec())
+        ]
+    );
+    assert!(s
+        .get_many(Space::StateData, &[])
+        .expect("get_many")
+        .is_empty());
+}
 
 /// A put is readable; a delete removes it; deleting a missing key is not an error.
 pub fn put_get_delete(s: &dyn Store) {

@@ -227,6 +227,17 @@ pub trait Store: Send + Sync + 'static {
     /// The value stored under `key`, if any.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The values of several keys of one space, in order. Adapters behind a network round trip
+    /// read them at once; the default reads them one by one.
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(space, k)).collect()
+    }
+
+    /// Whether reads cross a network (the engine then batches the reads of a commit).
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// Entries whose key starts with `prefix`, in ascending key order, strictly after
     /// `start_after` when given, at most `limit` of them.
     fn scan(

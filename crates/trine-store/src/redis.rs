@@ -580,6 +580,27 @@ impl Store for RedisStore {
         off_runtime(|| self.get_now(space, key))
     }
 
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hash = &self.space(space).values;
+        off_runtime(|| {
+            self.read("get_many", |c| {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(hash);
+                for k in keys {
+                    cmd.arg(k.as_slice());
+                }
+                cmd.query(c)
+            })
+        })
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn scan(
         &self,
         space: Space,

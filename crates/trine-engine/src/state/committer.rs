@@ -203,6 +203,9 @@ struct Pending {
     batch: Batch,
     /// This batch's own writes: (data space, data key) → record (`None` = deleted).
     overlay: HashMap<(Space, Vec<u8>), Option<Record>>,
+    /// Remote stores: what the batch's writes will read, fetched in one round trip per space
+    /// before they are applied (the committer is the only writer, so it stays current).
+    prefetched: HashMap<(Space, Vec<u8>), Option<Vec<u8>>>,
     /// Scopes touched by this batch, with their updated bookkeeping: (group space, scope).
     groups: HashMap<(Space, Vec<u8>), Group>,
     replies: Vec<(
@@ -314,6 +317,9 @@ impl Committer {
     fn process(&mut self, cmds: Vec<Command>) -> bool {
         let start_seq = self.seq;
         let mut p = Pending::default();
+        if self.store.is_remote() {
+            self.prefetch(&mut p, &cmds);
+        }
         for cmd in cmds {
             match cmd {
                 Command::Publish(ev, reply) => {
@@ -457,6 +463,50 @@ impl Committer {
         false
     }
 
+    /// Reads the records and scope bookkeeping the writes of `cmds` need, one request per space.
+    /// A failure only loses the shortcut: the writes then read one by one.
+    fn prefetch(&self, p: &mut Pending, cmds: &[Command]) {
+        let mut wanted: HashMap<Space, Vec<Vec<u8>>> = HashMap::new();
+        for cmd in cmds {
+            if let Command::Write(w) = cmd {
+                let (data, _, groups) = w.addr.spaces();
+                let scope = w.addr.scope();
+                wanted
+                    .entry(data)
+                    .or_default()
+                    .push(keys::data_key(&scope, w.addr.key()));
+                wanted.entry(groups).or_default().push(scope);
+            }
+        }
+        for (space, mut list) in wanted {
+            list.sort();
+            list.dedup();
+            match self.store.get_many(space, &list) {
+                Ok(values) => {
+                    for (k, v) in list.into_iter().zip(values) {
+                        p.prefetched.insert((space, k), v);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "state: batched read failed; reading one by one")
+                }
+            }
+        }
+    }
+
+    /// A stored value, from the batch's prefetch when there is one.
+    fn stored(
+        &self,
+        p: &Pending,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, trine_store::StoreError> {
+        match p.prefetched.get(&(space, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(space, key),
+        }
+    }
+
     fn read_record(
         &self,
         p: &Pending,
@@ -466,7 +516,7 @@ impl Committer {
         if let Some(r) = p.overlay.get(&(space, dk.to_vec())) {
             return Ok(r.clone());
         }
-        match self.store.get(space, dk) {
+        match self.stored(p, space, dk) {
             Ok(Some(bytes)) => Record::decode(bytes)
                 .map(Some)
                 .map_err(|e| WriteError::Storage(e.to_string())),
@@ -483,7 +533,7 @@ impl Committer {
     ) -> Result<&'a mut Group, WriteError> {
         let k = (space, scope.to_vec());
         if !p.groups.contains_key(&k) {
-            let g = match self.store.get(space, scope) {
+            let g = match self.stored(p, space, scope) {
                 Ok(Some(b)) => Group::decode(&b).map_err(|e| WriteError::Storage(e.to_string()))?,
                 Ok(None) => Group::default(),
                 Err(e) => return Err(WriteError::Storage(e.to_string())),
