@@ -89,6 +89,21 @@ pub fn get_many_in_order(s: &dyn Store) {
         .get_many(Space::StateData, &[])
         .expect("get_many")
         .is_empty());
+    let answers = s
+        .get_many_spaces(&[
+            (Space::StateData, vec![b"a".to_vec(), b"b".to_vec()]),
+            (Space::StateOrder, Vec::new()),
+            (Space::Meta, vec![b"b".to_vec()]),
+        ])
+        .expect("get_many_spaces");
+    assert_eq!(
+        answers,
+        vec![
+            vec![Some(b"1".to_vec()), None],
+            Vec::new(),
+            vec![Some(b"other space".to_vec())]
+        ]
+    );
 }
 
 /// A put is readable; a delete removes it; deleting a missing key is not an error.

@@ -233,6 +233,18 @@ pub trait Store: Send + Sync + 'static {
         keys.iter().map(|k| self.get(space, k)).collect()
     }
 
+    /// [`get_many`](Store::get_many) over several spaces at once (one round trip for remote
+    /// adapters): one answer list per `(space, keys)` request, in order.
+    fn get_many_spaces(
+        &self,
+        reads: &[(Space, Vec<Vec<u8>>)],
+    ) -> Result<Vec<Vec<Option<Vec<u8>>>>, StoreError> {
+        reads
+            .iter()
+            .map(|(space, keys)| self.get_many(*space, keys))
+            .collect()
+    }
+
     /// Whether reads cross a network (the engine then batches the reads of a commit).
     fn is_remote(&self) -> bool {
         false

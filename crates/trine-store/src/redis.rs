@@ -597,6 +597,40 @@ impl Store for RedisStore {
         })
     }
 
+    fn get_many_spaces(
+        &self,
+        reads: &[(Space, Vec<Vec<u8>>)],
+    ) -> Result<Vec<Vec<Option<Vec<u8>>>>, StoreError> {
+        let wanted: Vec<&(Space, Vec<Vec<u8>>)> =
+            reads.iter().filter(|(_, keys)| !keys.is_empty()).collect();
+        if wanted.is_empty() {
+            return Ok(reads.iter().map(|_| Vec::new()).collect());
+        }
+        let answers: Vec<Vec<Option<Vec<u8>>>> = off_runtime(|| {
+            self.read("get_many", |c| {
+                let mut pipe = redis::pipe();
+                for (space, keys) in &wanted {
+                    let cmd = pipe.cmd("HMGET").arg(&self.space(*space).values);
+                    for k in keys {
+                        cmd.arg(k.as_slice());
+                    }
+                }
+                pipe.query(c)
+            })
+        })?;
+        let mut answers = answers.into_iter();
+        Ok(reads
+            .iter()
+            .map(|(_, keys)| {
+                if keys.is_empty() {
+                    Vec::new()
+                } else {
+                    answers.next().unwrap_or_default()
+                }
+            })
+            .collect())
+    }
+
     fn is_remote(&self) -> bool {
         true
     }

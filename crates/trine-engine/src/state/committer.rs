@@ -463,7 +463,7 @@ impl Committer {
         false
     }
 
-    /// Reads the records and scope bookkeeping the writes of `cmds` need, one request per space.
+    /// Reads the records and scope bookkeeping the writes of `cmds` need, in one request.
     /// A failure only loses the shortcut: the writes then read one by one.
     fn prefetch(&self, p: &mut Pending, cmds: &[Command]) {
         let mut wanted: HashMap<Space, Vec<Vec<u8>>> = HashMap::new();
@@ -478,18 +478,24 @@ impl Committer {
                 wanted.entry(groups).or_default().push(scope);
             }
         }
-        for (space, mut list) in wanted {
-            list.sort();
-            list.dedup();
-            match self.store.get_many(space, &list) {
-                Ok(values) => {
+        let reads: Vec<(Space, Vec<Vec<u8>>)> = wanted
+            .into_iter()
+            .map(|(space, mut list)| {
+                list.sort();
+                list.dedup();
+                (space, list)
+            })
+            .collect();
+        match self.store.get_many_spaces(&reads) {
+            Ok(answers) => {
+                for ((space, list), values) in reads.into_iter().zip(answers) {
                     for (k, v) in list.into_iter().zip(values) {
                         p.prefetched.insert((space, k), v);
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "state: batched read failed; reading one by one")
-                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "state: batched read failed; reading one by one")
             }
         }
     }
