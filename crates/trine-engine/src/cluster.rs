@@ -258,14 +258,21 @@ fn sync_once(
         .arg(ttl_ms)
         .ignore()
         .query::<()>(conn)?;
-    let all: HashMap<String, String> = redis::cmd("HGETALL").arg(&engines_key).query(conn)?;
+    let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(&engines_key).query(conn)?;
+    // Every engine's announcement in one round trip.
+    let mut mget = redis::cmd("MGET");
+    for (other, _) in &all {
+        mget.arg(format!("{}:engine:{other}", options.key_prefix));
+    }
+    let announced: Vec<Option<String>> = if all.is_empty() {
+        Vec::new()
+    } else {
+        mget.query(conn)?
+    };
     let mut out = Vec::with_capacity(all.len());
     let mut gone = Vec::new();
-    for (other, url) in all {
-        let announced: Option<String> = redis::cmd("GET")
-            .arg(format!("{}:engine:{other}", options.key_prefix))
-            .query(conn)?;
-        match announced {
+    for ((other, url), text) in all.into_iter().zip(announced) {
+        match text {
             Some(text) => {
                 let fns: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
                 out.push((other, url, fns));

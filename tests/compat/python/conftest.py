@@ -430,3 +430,24 @@ def spawn_worker(tmp_path: Path):
     yield spawn
     for wp in procs:
         wp.kill()
+
+
+class Recorder:
+    """Values handed to a handler, in arrival order (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.lock = threading.Lock()
+
+    def push(self, v: Any) -> None:
+        with self.lock:
+            self.calls.append(v)
+
+    def snapshot(self) -> list[Any]:
+        with self.lock:
+            return list(self.calls)
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.calls)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pytest
 from iii import InitOptions, InvocationError, TriggerAction, register_worker
 
-from conftest import Engine, shutdown_client, wait_for, wait_for_function
+from conftest import Recorder, Engine, shutdown_client, wait_for, wait_for_function
 
 CONFIG = """
 workers:
@@ -63,25 +63,6 @@ def is_uuid4(s: Any) -> bool:
 
 def parse_time(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-        self.lock = threading.Lock()
-
-    def push(self, v: Any) -> None:
-        with self.lock:
-            self.calls.append(v)
-
-    def snapshot(self) -> list[Any]:
-        with self.lock:
-            return list(self.calls)
-
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.calls)
 
 
 class Env:

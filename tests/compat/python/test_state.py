@@ -27,7 +27,7 @@ from typing import Any, Callable
 import pytest
 from iii import InitOptions, InvocationError, register_worker
 
-from conftest import Engine, shutdown_client, wait_for, wait_for_function
+from conftest import Engine, Recorder as BaseRecorder, shutdown_client, wait_for, wait_for_function
 
 STATE_FUNCTIONS = ["state::set", "state::get", "state::delete", "state::update", "state::list", "state::list_groups"]
 DOC_URL = "https://iii.dev/docs/workers/iii-state#error-codes"
@@ -85,24 +85,7 @@ def assert_op_errors(result: dict, expected: list[tuple[int, str]], label: str =
         assert e["doc_url"] == DOC_URL, f"{label}: doc_url of {e['code']}"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-        self.lock = threading.Lock()
-
-    def push(self, v: Any) -> None:
-        with self.lock:
-            self.calls.append(v)
-
-    def snapshot(self) -> list[Any]:
-        with self.lock:
-            return list(self.calls)
-
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.calls)
-
+class Recorder(BaseRecorder):
     def for_key(self, key: str) -> list[dict]:
         return [e for e in self.snapshot() if isinstance(e, dict) and e.get("key") == key]
 

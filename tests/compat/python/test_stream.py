@@ -26,7 +26,7 @@ from iii import InitOptions, InvocationError, TriggerAction, register_worker
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from conftest import Engine, http_request, shutdown_client, wait_for, wait_for_function
+from conftest import Recorder, Engine, http_request, shutdown_client, wait_for, wait_for_function
 
 STREAM_FUNCTIONS = ["stream::set", "stream::get", "stream::delete", "stream::list", "stream::list_groups",
                     "stream::list_all", "stream::send", "stream::update"]
@@ -106,25 +106,6 @@ def assert_consecutive(envs: list[dict], label: str, first_seq: int | None = Non
 
 def canon(xs: list[Any]) -> list[str]:
     return sorted(json.dumps(x, sort_keys=True) for x in xs)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-        self.lock = threading.Lock()
-
-    def push(self, v: Any) -> None:
-        with self.lock:
-            self.calls.append(v)
-
-    def snapshot(self) -> list[Any]:
-        with self.lock:
-            return list(self.calls)
-
-    @property
-    def count(self) -> int:
-        with self.lock:
-            return len(self.calls)
 
 
 # ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ use crate::worker::{lock, now_ms, CallOutcome};
 use committer::{Cmd, Committer, NewJob, Which};
 pub use config::{QueueOptions, QueueSettings, QueueStorage};
 use keys::{Attempts, DeadHeader, JobHeader, QueueId, StoredError, Subscription};
-use sched::{JobRef, QueueRt};
+use sched::{JobRef, QueueRt, SchedCounts};
 
 /// Stable error codes of the queue module.
 pub mod codes {
@@ -995,15 +995,9 @@ impl QueueModule {
     }
 
     fn describe(&self, name: &str, kind: &str, rts: &[Arc<QueueRt>], s: &QueueSettings) -> Value {
-        let (mut waiting, mut delayed, mut in_flight, mut parked, mut dead) = (0, 0, 0, 0, 0);
+        let (c, dead) = SchedCounts::total(rts);
         let (mut enq, mut done, mut failed, mut dl) = (0, 0, 0, 0);
         for rt in rts {
-            let c = rt.counts();
-            waiting += c.waiting;
-            delayed += c.delayed;
-            in_flight += c.in_flight;
-            parked += c.waiting_for_handler;
-            dead += rt.dead.load(Ordering::Acquire);
             enq += rt.counters.enqueued.load(Ordering::Relaxed);
             done += rt.counters.delivered.load(Ordering::Relaxed);
             failed += rt.counters.failed_attempts.load(Ordering::Relaxed);
@@ -1017,11 +1011,11 @@ impl QueueModule {
             "max_retries": s.max_attempts,
             "backoff_ms": s.backoff_ms,
             "message_group_field": s.group_field,
-            "waiting": waiting,
-            "delayed": delayed,
-            "in_flight": in_flight,
-            "waiting_for_handler": parked,
-            "pending": waiting + delayed + in_flight + parked,
+            "waiting": c.waiting,
+            "delayed": c.delayed,
+            "in_flight": c.in_flight,
+            "waiting_for_handler": c.waiting_for_handler,
+            "pending": c.pending(),
             "dlq_count": dead,
             "enqueued": enq,
             "delivered": done,
@@ -1264,13 +1258,8 @@ impl QueueModule {
         }
         let rts = self.resolve(topic);
         let named = self.options.queues.contains_key(topic);
-        let mut depth = 0;
-        let mut dlq = 0;
-        for rt in &rts {
-            let c = rt.counts();
-            depth += c.waiting + c.delayed + c.in_flight + c.waiting_for_handler;
-            dlq += rt.dead.load(Ordering::Acquire);
-        }
+        let (c, dlq) = SchedCounts::total(&rts);
+        let depth = c.pending();
         let consumers = if named {
             self.options.queues[topic].concurrency
         } else {

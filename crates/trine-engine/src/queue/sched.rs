@@ -110,6 +110,31 @@ pub(crate) struct SchedCounts {
     pub waiting_for_handler: usize,
 }
 
+impl SchedCounts {
+    /// Every job not yet settled.
+    pub fn pending(&self) -> usize {
+        self.waiting + self.delayed + self.in_flight + self.waiting_for_handler
+    }
+
+    fn add(&mut self, o: SchedCounts) {
+        self.waiting += o.waiting;
+        self.delayed += o.delayed;
+        self.in_flight += o.in_flight;
+        self.waiting_for_handler += o.waiting_for_handler;
+    }
+
+    /// The summed counts of several queues (a topic's subscriber queues), and their dead letters.
+    pub fn total(rts: &[Arc<QueueRt>]) -> (SchedCounts, usize) {
+        let mut sum = SchedCounts::default();
+        let mut dead = 0;
+        for rt in rts {
+            sum.add(rt.counts());
+            dead += rt.dead.load(Ordering::Acquire);
+        }
+        (sum, dead)
+    }
+}
+
 impl QueueRt {
     pub fn new(id: QueueId, settings: QueueSettings, condition: Option<String>) -> Self {
         Self {

@@ -21,11 +21,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use trine_protocol::ErrorBody;
 
-use super::delivery::Target;
+use super::delivery::{run_target, Target};
 use super::triggers::TriggerIndex;
 use super::{codes, object, req_string};
 use crate::builtins::bound;
-use crate::engine::{Call, Caller, Engine, WeakEngine};
+use crate::engine::{Engine, WeakEngine};
 use crate::worker::CallOutcome;
 
 /// Trigger events waiting for local delivery; past it, events are dropped and counted.
@@ -138,26 +138,12 @@ async fn deliver(engine: WeakEngine, mut rx: mpsc::Receiver<(Value, Vec<Arc<Targ
             return;
         };
         for t in targets {
-            if let Err(e) = fire(&engine, &t, &payload).await {
+            if let Err(e) = run_target(&engine, &t, &payload).await {
                 tracing::warn!(trigger_id = %t.trigger_id, function_id = %t.function_id,
                     code = %e.code, error = %e.message, "state bridge: trigger handler failed");
             }
         }
     }
-}
-
-async fn fire(engine: &Engine, t: &Target, payload: &Value) -> Result<(), ErrorBody> {
-    if let Some(cond) = &t.condition_function_id {
-        let out = engine
-            .invoke(Call::new(cond.clone(), payload.clone(), Caller::Engine))
-            .await?;
-        if out == Some(Value::Bool(false)) {
-            return Ok(());
-        }
-    }
-    let mut call = Call::new(t.function_id.clone(), payload.clone(), Caller::Engine);
-    call.metadata = t.metadata.clone();
-    engine.invoke(call).await.map(|_| ())
 }
 
 /// Connects to the remote engine (as a worker named `trine-state-bridge`) and registers the

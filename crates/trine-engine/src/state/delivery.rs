@@ -317,26 +317,30 @@ impl Delivery {
 
 /// One attempt: the condition (only a literal `false` skips), then the handler.
 async fn attempt(engine: &crate::Engine, job: &Job, stats: &StateStats) -> Result<(), ErrorBody> {
-    if let Some(cond) = &job.target.condition_function_id {
+    if !run_target(engine, &job.target, &job.payload).await? {
+        stats.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Runs a trigger target once: its condition (only a literal `false` skips), then its function
+/// with the trigger's metadata. `Ok(false)` when the condition skipped it.
+pub(crate) async fn run_target(
+    engine: &crate::Engine,
+    target: &Target,
+    payload: &Value,
+) -> Result<bool, ErrorBody> {
+    if let Some(cond) = &target.condition_function_id {
         let out = engine
-            .invoke(Call::new(
-                cond.clone(),
-                (*job.payload).clone(),
-                Caller::Engine,
-            ))
+            .invoke(Call::new(cond.clone(), payload.clone(), Caller::Engine))
             .await?;
         if out == Some(Value::Bool(false)) {
-            stats.skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok(false);
         }
     }
-    let mut call = Call::new(
-        job.target.function_id.clone(),
-        (*job.payload).clone(),
-        Caller::Engine,
-    );
-    call.metadata = job.target.metadata.clone();
-    engine.invoke(call).await.map(|_| ())
+    let mut call = Call::new(target.function_id.clone(), payload.clone(), Caller::Engine);
+    call.metadata = target.metadata.clone();
+    engine.invoke(call).await.map(|_| true)
 }
 
 /// The stored form of a dead letter (also what `engine::state::dead_letters::list` returns).
