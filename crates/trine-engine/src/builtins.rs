@@ -37,42 +37,42 @@ where
 
 /// Registers every built-in function.
 pub(crate) fn install(reg: &mut Registry) {
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::workers::register",
         "Record the calling worker's name, runtime and version",
         builtin(|e, c, v| async move { workers_register(&e, &c, v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::functions::list",
         "List registered functions",
         builtin(|e, _, v| async move { functions_list(&e, &v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::workers::list",
         "List connected workers",
         builtin(|e, _, v| async move { workers_list(&e, &v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::triggers::list",
         "List registered triggers",
         builtin(|e, _, v| async move { triggers_list(&e, &v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::trigger-types::list",
         "List trigger types and their providers",
         builtin(|e, _, v| async move { trigger_types_list(&e, &v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::register_trigger",
         "Register a durable trigger (not owned by any connection)",
         builtin(|e, _, v| async move { register_trigger(&e, v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::unregister_trigger",
         "Remove a trigger by id",
         builtin(|e, _, v| async move { unregister_trigger(&e, &v) }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::logs::list",
         "Query kept log records",
         builtin(|e, _, v| async move { logs_list(&e, &v) }),
@@ -85,13 +85,13 @@ pub(crate) fn install(reg: &mut Registry) {
         Level::Error,
     ] {
         let id = format!("engine::log::{}", level.as_str());
-        reg.add_builtin(
+        reg.add_builtin_inline(
             &id,
             "Store a log record",
             builtin(move |e, c, v| async move { log_write(&e, &c, level, v) }),
         );
     }
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::channels::create",
         "Create a channel; returns its writer and reader refs",
         builtin(|e, _, v| async move {
@@ -102,7 +102,7 @@ pub(crate) fn install(reg: &mut Registry) {
             ))
         }),
     );
-    reg.add_builtin(
+    reg.add_builtin_inline(
         "engine::echo",
         "Return the payload unchanged (diagnostics and benchmarks)",
         builtin(|_, _, v| async move { Ok(Some(v)) }),
@@ -190,7 +190,7 @@ pub(crate) fn function_summaries(engine: &Engine, include_internal: bool) -> Vec
         .map(|(id, e)| {
             let worker_name = match &e.handler {
                 Handler::Worker(w) => w.name(),
-                Handler::Builtin(_) => "engine".to_owned(),
+                Handler::Builtin { .. } => "engine".to_owned(),
             };
             (
                 id.clone(),

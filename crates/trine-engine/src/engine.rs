@@ -627,18 +627,16 @@ impl Engine {
                     baggage: m.baggage,
                     timeout: None,
                 };
-                // The engine's own functions never wait on anything: answering them in the read
+                // Built-ins registered as inline answer from memory: answering them in the read
                 // loop saves a task hop per call. Everything else runs on its own task so a slow
                 // callee never stalls this connection.
-                let inline = call.function_id.starts_with("engine::")
-                    && !waits_on_storage(&call.function_id)
-                    && matches!(
-                        self.registry()
-                            .functions
-                            .get(&call.function_id)
-                            .map(|e| &e.handler),
-                        Some(Handler::Builtin(_))
-                    );
+                let inline = matches!(
+                    self.registry()
+                        .functions
+                        .get(&call.function_id)
+                        .map(|e| &e.handler),
+                    Some(Handler::Builtin { inline: true, .. })
+                );
                 if inline {
                     let outcome = self.invoke(call).await;
                     reply(conn, id, m.function_id, outcome).await;
@@ -682,7 +680,7 @@ impl Engine {
                 }
                 Err(not_found(&call.function_id))
             }
-            Some(Handler::Builtin(f)) => {
+            Some(Handler::Builtin { f, .. }) => {
                 let fut = f(self.clone(), call.caller, call.data);
                 match tokio::time::timeout(timeout, fut).await {
                     Ok(outcome) => outcome,
@@ -910,13 +908,6 @@ fn not_found(function_id: &str) -> ErrorBody {
         codes::FUNCTION_NOT_FOUND,
         format!("Function {function_id} not found"),
     )
-}
-
-/// Built-in `engine::*` functions that wait for a commit or scan a store: they run on their own
-/// task like worker calls, never in a connection's read loop.
-fn waits_on_storage(function_id: &str) -> bool {
-    function_id.starts_with("engine::queue::")
-        || function_id.starts_with("engine::state::dead_letters::")
 }
 
 fn timeout_error(function_id: &str, timeout: Duration) -> ErrorBody {

@@ -34,7 +34,12 @@ pub struct FunctionInfo {
 /// Who runs a function.
 #[derive(Clone)]
 pub enum Handler {
-    Builtin(BuiltinFn),
+    /// A function of the engine. `inline`: it answers from memory without waiting on anything,
+    /// so a worker's call to it is answered in the connection's read loop (no task hop).
+    Builtin {
+        f: BuiltinFn,
+        inline: bool,
+    },
     Worker(Arc<WorkerConn>),
 }
 
@@ -136,7 +141,18 @@ pub enum RegisterOutcome {
 }
 
 impl Registry {
+    /// Registers a built-in function that may wait (on storage, other calls): it runs on a task
+    /// of its own like a worker call.
     pub fn add_builtin(&mut self, id: &str, description: &str, f: BuiltinFn) {
+        self.insert_builtin(id, description, f, false);
+    }
+
+    /// Registers a built-in function that answers from memory without waiting.
+    pub fn add_builtin_inline(&mut self, id: &str, description: &str, f: BuiltinFn) {
+        self.insert_builtin(id, description, f, true);
+    }
+
+    fn insert_builtin(&mut self, id: &str, description: &str, f: BuiltinFn, inline: bool) {
         self.functions.insert(
             id.to_owned(),
             FunctionEntry {
@@ -144,7 +160,7 @@ impl Registry {
                     description: Some(description.to_owned()),
                     ..Default::default()
                 },
-                handler: Handler::Builtin(f),
+                handler: Handler::Builtin { f, inline },
                 standbys: Vec::new(),
             },
         );
@@ -188,7 +204,7 @@ impl Registry {
                 RegisterOutcome::Owner
             }
             Some(entry) => match &entry.handler {
-                Handler::Builtin(_) => RegisterOutcome::Refused,
+                Handler::Builtin { .. } => RegisterOutcome::Refused,
                 Handler::Worker(owner) if owner.id == conn.id => {
                     entry.info = info;
                     fx.functions_changed = true;
