@@ -34,8 +34,11 @@ use crate::engine::{Call, Engine, WeakEngine};
 use crate::registry::Handler;
 use crate::worker::{lock, CallOutcome};
 
-/// The baggage key marking a forwarded call.
+/// The baggage key naming the engine a forwarded call comes from (for tracing).
 const PEER_BAGGAGE: &str = "trine-peer";
+
+/// Name prefix of the worker connections engines open to each other.
+const PEER_WORKER_PREFIX: &str = "trine-peer:";
 
 /// Settings of cluster mode.
 #[derive(Debug, Clone)]
@@ -48,6 +51,104 @@ pub struct ClusterOptions {
     pub sync_every: Duration,
     /// An engine that has not renewed its announcement for this long is forgotten.
     pub ttl: Duration,
+    /// This engine holds the data set's lease: it runs the state, stream and queue modules for
+    /// the group, and the other engines send it every call they have no handler for.
+    pub owner: bool,
+    /// On an engine that is not the owner: the trigger registrations of its workers that the
+    /// owner serves (state, stream, queue, cron, pub/sub), re-registered on every new owner.
+    pub forwarder: Option<Arc<TriggerForwarder>>,
+}
+
+/// What one engine announces.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Announcement {
+    #[serde(default)]
+    functions: BTreeSet<String>,
+    #[serde(default)]
+    owner: bool,
+    /// HTTP triggers of this engine's workers: every engine of the group serves them.
+    #[serde(default)]
+    http: Vec<crate::http::RemoteRoute>,
+}
+
+/// Trigger registrations a non-owner engine passes on to the owner engine.
+///
+/// It is the provider of the owner-run trigger types on such an engine: a worker's registration
+/// is kept here (so it is never lost while no owner is reachable) and registered, under the
+/// same trigger id, on the owner through this engine's peer connection to it, which replays it
+/// whenever that connection comes back. When another engine becomes the owner, every kept
+/// registration goes to it. The owner merges identical registrations from several engines into
+/// one logical trigger (replicas share the work), and its deliveries reach the function wherever
+/// it is registered through the call routing.
+#[derive(Default)]
+pub struct TriggerForwarder {
+    entries: Mutex<std::collections::BTreeMap<String, trine_protocol::RegisterTrigger>>,
+    owner: Mutex<Option<Arc<Peer>>>,
+}
+
+impl std::fmt::Debug for TriggerForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TriggerForwarder")
+            .field("registrations", &self.len())
+            .finish()
+    }
+}
+
+impl TriggerForwarder {
+    /// Registration ids currently kept.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends every kept registration to a new owner (whose link is up).
+    fn attach(&self, peer: Arc<Peer>) {
+        let entries = lock(&self.entries);
+        let previous = lock(&self.owner).take();
+        if let Some(old) = previous.as_ref().and_then(|p| p.link.get()) {
+            // The previous owner must not keep them (it may come back as a non-owner).
+            for id in entries.keys() {
+                old.unregister_trigger(id);
+            }
+        }
+        if let Some(link) = peer.link.get() {
+            for t in entries.values() {
+                link.register_trigger_with(t.clone());
+            }
+            tracing::info!(owner = %peer.url, triggers = entries.len(),
+                "cluster: trigger registrations passed on to the owner engine");
+        }
+        *lock(&self.owner) = Some(peer);
+    }
+}
+
+impl crate::registry::TriggerProvider for TriggerForwarder {
+    fn register(&self, trigger: &crate::registry::TriggerEntry) -> Result<(), String> {
+        let t = trine_protocol::RegisterTrigger {
+            id: trigger.id.clone(),
+            trigger_type: trigger.trigger_type.clone(),
+            function_id: trigger.function_id.clone(),
+            config: trigger.config.clone(),
+            metadata: trigger.metadata.clone(),
+        };
+        let mut entries = lock(&self.entries);
+        if let Some(link) = lock(&self.owner).as_ref().and_then(|p| p.link.get()) {
+            link.register_trigger_with(t.clone());
+        }
+        entries.insert(t.id.clone(), t);
+        Ok(())
+    }
+
+    fn unregister(&self, trigger: &crate::registry::TriggerEntry) {
+        let mut entries = lock(&self.entries);
+        entries.remove(&trigger.id);
+        if let Some(link) = lock(&self.owner).as_ref().and_then(|p| p.link.get()) {
+            link.unregister_trigger(&trigger.id);
+        }
+    }
 }
 
 /// One other engine.
@@ -64,7 +165,10 @@ pub struct Cluster {
     /// function id → engine ids announcing it (other engines only).
     directory: RwLock<HashMap<String, Vec<String>>>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// The owner engine (when it is another one).
+    owner: RwLock<Option<String>>,
     next: AtomicUsize,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Cluster {
@@ -73,38 +177,63 @@ impl Cluster {
         &self.id
     }
 
-    /// Whether a call was already forwarded once.
+    /// Whether a call arrived from another engine of the group (over its peer connection): it
+    /// is served by local handlers only, never forwarded again. Calls that a local worker makes
+    /// while handling a forwarded call are ordinary calls (the SDKs pass the incoming baggage on
+    /// to them, so the baggage entry cannot tell them apart).
     pub fn is_forwarded(call: &Call) -> bool {
-        call.baggage
-            .as_deref()
-            .is_some_and(|b| b.split(',').any(|e| e.trim().starts_with(PEER_BAGGAGE)))
+        call.caller
+            .worker()
+            .is_some_and(|w| w.name().starts_with(PEER_WORKER_PREFIX))
     }
 
-    /// An engine announcing `function_id`, if any.
+    /// Whether another engine announces `function_id`.
+    pub fn has_remote(&self, function_id: &str) -> bool {
+        self.directory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(function_id)
+            .is_some_and(|e| !e.is_empty())
+    }
+
+    /// Whether this engine runs the owner's modules.
+    pub fn is_owner(&self) -> bool {
+        self.options.owner
+    }
+
+    /// An engine announcing `function_id`, else (on a non-owner) the owner engine, which runs
+    /// the state, stream and queue functions and answers for unknown ids.
     fn pick(&self, function_id: &str) -> Option<Arc<Peer>> {
         let engines = self
             .directory
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(function_id)
-            .cloned()?;
+            .cloned()
+            .unwrap_or_default();
         if engines.is_empty() {
-            return None;
+            if self.options.owner {
+                return None;
+            }
+            let owner = self
+                .owner
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()?;
+            return lock(&self.peers).get(&owner).cloned();
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % engines.len();
         lock(&self.peers).get(&engines[i]).cloned()
     }
 
-    /// Forwards a call with no local handler; `None` when no other engine has the function.
-    pub async fn forward(&self, call: Call, timeout: Duration) -> Option<CallOutcome> {
-        let peer = self.pick(&call.function_id)?;
-        let link = match peer
-            .link
+    /// The peer connection to `peer`, opened on first use.
+    async fn link<'a>(&self, peer: &'a Peer) -> Result<&'a trine_sdk::Worker, trine_sdk::Error> {
+        peer.link
             .get_or_try_init(|| async {
                 trine_sdk::Worker::connect(
                     &peer.url,
                     trine_sdk::WorkerOptions {
-                        name: Some(format!("trine-peer:{}", self.id)),
+                        name: Some(format!("{PEER_WORKER_PREFIX}{}", self.id)),
                         connect_timeout: Duration::from_secs(5),
                         ..Default::default()
                     },
@@ -112,7 +241,23 @@ impl Cluster {
                 .await
             })
             .await
-        {
+    }
+
+    /// Forwards a call with no local handler; `None` when no other engine has the function.
+    pub async fn forward(&self, call: Call, timeout: Duration) -> Option<CallOutcome> {
+        let Some(peer) = self.pick(&call.function_id) else {
+            if !self.options.owner {
+                return Some(Err(ErrorBody::new(
+                    codes::FUNCTION_NOT_FOUND,
+                    format!(
+                        "Function {} not found on this engine, and the group has no owner engine right now (a takeover is in progress); retry shortly",
+                        call.function_id
+                    ),
+                )));
+            }
+            return None;
+        };
+        let link = match self.link(&peer).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(peer = %peer.url, error = %e, "cluster: cannot reach a peer engine");
@@ -136,10 +281,17 @@ impl Cluster {
                 ),
             )));
         }
-        let baggage = match call.baggage.as_deref() {
-            Some(b) if !b.is_empty() => format!("{b},{PEER_BAGGAGE}={}", self.id),
-            _ => format!("{PEER_BAGGAGE}={}", self.id),
-        };
+        let mut entries: Vec<&str> = call
+            .baggage
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty() && !e.starts_with(PEER_BAGGAGE))
+            .collect();
+        let own = format!("{PEER_BAGGAGE}={}", self.id);
+        entries.push(&own);
+        let baggage = entries.join(",");
         let out = link
             .call_with_baggage(&call.function_id, call.data, timeout, baggage)
             .await;
@@ -189,30 +341,46 @@ impl Cluster {
             "id": self.id,
             "key_prefix": self.options.key_prefix,
             "advertise_url": self.options.advertise_url,
+            "owner": self.options.owner,
+            "owner_engine": if self.options.owner { Some(self.id.clone()) } else { self.owner.read().unwrap_or_else(|e| e.into_inner()).clone() },
+            "forwarded_triggers": self.options.forwarder.as_ref().map(|f| f.len()),
+            "remote_http_routes": self.engine.upgrade().map(|e| e.http_routes().remote_len()),
             "peers": peers,
         })
     }
 
-    /// Function ids this engine's workers registered.
-    fn local_functions(engine: &Engine) -> BTreeSet<String> {
-        engine
+    /// What this engine announces: its workers' function ids and HTTP routes, and its role.
+    fn announcement(&self, engine: &Engine) -> Announcement {
+        let functions = engine
             .registry()
             .functions
             .iter()
             .filter(|(_, e)| matches!(e.handler, Handler::Worker(_)))
             .map(|(k, _)| k.clone())
-            .collect()
+            .collect();
+        Announcement {
+            functions,
+            owner: self.options.owner,
+            http: engine.http_routes().local_triggers(),
+        }
     }
 
-    /// Applies everybody's announcements (`engines`: id → (url, function ids)).
-    fn apply(&self, engines: Vec<(String, String, Vec<String>)>) {
+    /// Applies everybody's announcements (`engines`: id → (url, announcement)).
+    fn apply(&self, engines: Vec<(String, String, Announcement)>) {
         let mut directory: HashMap<String, Vec<String>> = HashMap::new();
+        let mut routes = Vec::new();
+        let mut owner = None;
         let mut peers = lock(&self.peers);
         let mut live = BTreeSet::new();
-        for (id, url, functions) in engines {
+        for (id, url, announced) in engines {
             if id == self.id {
                 continue;
             }
+            if announced.owner {
+                owner = Some(id.clone());
+            }
+            routes.extend(announced.http);
+            let functions = announced.functions;
             live.insert(id.clone());
             let replace = peers.get(&id).is_none_or(|p| p.url != url);
             if replace {
@@ -230,8 +398,48 @@ impl Cluster {
         }
         // Forget engines that stopped announcing (their connections close when dropped).
         peers.retain(|id, _| live.contains(id));
+        let owner_peer = owner.as_ref().and_then(|o| peers.get(o).cloned());
         drop(peers);
-        *self.directory.write().unwrap_or_else(|e| e.into_inner()) = directory;
+        let changed = {
+            let mut d = self.directory.write().unwrap_or_else(|e| e.into_inner());
+            let changed = *d != directory;
+            *d = directory;
+            changed
+        };
+        let engine = self.engine.upgrade();
+        if let Some(engine) = &engine {
+            engine.http_routes().set_remote(routes);
+            if changed {
+                // Queued jobs waiting for a function wake up when another engine offers it.
+                engine.functions_changed_elsewhere();
+            }
+        }
+        let new_owner = {
+            let mut o = self.owner.write().unwrap_or_else(|e| e.into_inner());
+            let new = *o != owner;
+            *o = owner;
+            new
+        };
+        if let (true, Some(peer), Some(fwd)) =
+            (new_owner, owner_peer, self.options.forwarder.clone())
+        {
+            let Some(engine) = engine else { return };
+            let Some(cluster) = engine.cluster().cloned() else {
+                // The first round runs before the engine holds the cluster: the next one does it.
+                *self.owner.write().unwrap_or_else(|e| e.into_inner()) = None;
+                return;
+            };
+            self.runtime.spawn(async move {
+                match cluster.link(&peer).await {
+                    Ok(_) => fwd.attach(peer),
+                    Err(e) => {
+                        tracing::warn!(owner = %peer.url, error = %e, "cluster: cannot reach the owner engine; retrying");
+                        // Forget it, so the next round tries again.
+                        *cluster.owner.write().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -240,10 +448,10 @@ fn sync_once(
     conn: &mut redis::Connection,
     options: &ClusterOptions,
     id: &str,
-    functions: &BTreeSet<String>,
-) -> redis::RedisResult<Vec<(String, String, Vec<String>)>> {
+    own: &Announcement,
+) -> redis::RedisResult<Vec<(String, String, Announcement)>> {
     let engines_key = format!("{}:engines", options.key_prefix);
-    let own = serde_json::to_string(functions).unwrap_or_else(|_| "[]".into());
+    let own = serde_json::to_string(own).unwrap_or_else(|_| "{}".into());
     let ttl_ms = options.ttl.as_millis().max(1) as u64;
     redis::pipe()
         .cmd("HSET")
@@ -274,8 +482,8 @@ fn sync_once(
     for ((other, url), text) in all.into_iter().zip(announced) {
         match text {
             Some(text) => {
-                let fns: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
-                out.push((other, url, fns));
+                let announced: Announcement = serde_json::from_str(&text).unwrap_or_default();
+                out.push((other, url, announced));
             }
             None => gone.push(other),
         }
@@ -305,10 +513,12 @@ pub fn install(engine: &Engine, options: ClusterOptions) -> Result<Arc<Cluster>,
         engine: engine.downgrade(),
         directory: RwLock::new(HashMap::new()),
         peers: Mutex::new(HashMap::new()),
+        owner: RwLock::new(None),
         next: AtomicUsize::new(0),
+        runtime: tokio::runtime::Handle::current(),
     });
     // First round now, so the directory is ready when workers start calling.
-    let first = sync_once(&mut conn, &options, &id, &Cluster::local_functions(engine))
+    let first = sync_once(&mut conn, &options, &id, &cluster.announcement(engine))
         .map_err(|e| format!("cluster: announcing this engine failed: {e}"))?;
     cluster.apply(first);
     engine.registry().add_builtin(
@@ -332,7 +542,7 @@ pub fn install(engine: &Engine, options: ClusterOptions) -> Result<Arc<Cluster>,
                 let Some(engine) = cluster.engine.upgrade() else {
                     return;
                 };
-                let functions = Cluster::local_functions(&engine);
+                let own = cluster.announcement(&engine);
                 drop(engine);
                 if conn.is_none() {
                     conn = client
@@ -348,7 +558,7 @@ pub fn install(engine: &Engine, options: ClusterOptions) -> Result<Arc<Cluster>,
                     );
                     continue;
                 };
-                match sync_once(c, &options, &cluster.id, &functions) {
+                match sync_once(c, &options, &cluster.id, &own) {
                     Ok(engines) => cluster.apply(engines),
                     Err(e) => {
                         tracing::warn!(error = %e, "cluster: announcement round failed");

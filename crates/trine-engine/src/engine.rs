@@ -259,6 +259,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Registers built-in trigger types served by one provider (e.g. the cluster's
+    /// [`crate::cluster::TriggerForwarder`] on an engine that is not the group's owner).
+    pub fn add_trigger_types(
+        &self,
+        types: &[(&str, &str)],
+        provider: Arc<dyn crate::registry::TriggerProvider>,
+    ) {
+        let mut reg = self.registry();
+        for (id, description) in types {
+            reg.add_builtin_trigger_type(id, description, provider.clone());
+        }
+    }
+
     /// Cluster membership, when enabled.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.inner.cluster.get()
@@ -274,9 +287,16 @@ impl Engine {
         self.inner.functions_epoch.subscribe()
     }
 
-    /// Whether a function with this id is registered (built in or by a worker).
+    /// Whether a function with this id is registered (built in or by a worker), here or, in a
+    /// cluster, on another engine of the group.
     pub fn has_function(&self, id: &str) -> bool {
         self.registry().functions.contains_key(id)
+            || self.inner.cluster.get().is_some_and(|c| c.has_remote(id))
+    }
+
+    /// Another engine of the group changed the functions it offers: wakes what waits for one.
+    pub(crate) fn functions_changed_elsewhere(&self) {
+        self.inner.functions_epoch.send_modify(|n| *n += 1);
     }
 
     /// The stream module, when enabled.
@@ -545,6 +565,50 @@ impl Engine {
 
     async fn handle_invoke(&self, conn: &Arc<WorkerConn>, m: InvokeFunction) {
         match m.action {
+            Some(TriggerAction::Enqueue { queue })
+                if self.inner.queues.get().is_none() && self.inner.cluster.get().is_some() =>
+            {
+                // In a group, the owner engine runs the queues: the enqueue goes to it as an
+                // `engine::queue::enqueue` call. The call is started here, in the read loop, so
+                // one caller's enqueues leave in the order it sent them.
+                let call = Call {
+                    function_id: "engine::queue::enqueue".into(),
+                    data: json!({
+                        "queue": queue,
+                        "function_id": m.function_id,
+                        "data": m.data,
+                        "traceparent": m.traceparent,
+                        "baggage": m.baggage,
+                    }),
+                    metadata: None,
+                    caller: Caller::Engine,
+                    invocation_id: None,
+                    traceparent: None,
+                    baggage: None,
+                    timeout: None,
+                };
+                let engine = self.clone();
+                let mut fut = Box::pin(async move { engine.invoke(call).await });
+                let first = fut
+                    .as_mut()
+                    .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                let conn = conn.clone();
+                let (id, fid) = (m.invocation_id, m.function_id);
+                self.inner.tasks.spawn(async move {
+                    let outcome = match first {
+                        std::task::Poll::Ready(o) => o,
+                        std::task::Poll::Pending => fut.await,
+                    };
+                    match id {
+                        Some(id) => reply(&conn, id, fid, outcome).await,
+                        None => {
+                            if let Err(e) = outcome {
+                                tracing::warn!(code = %e.code, error = %e.message, "enqueue without invocation id failed");
+                            }
+                        }
+                    }
+                });
+            }
             Some(TriggerAction::Enqueue { queue }) => {
                 // Admission and the hand-off to the committer happen here, in arrival order, so
                 // one caller's enqueues are stored in the order it sent them; the wait for the

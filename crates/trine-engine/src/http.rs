@@ -7,9 +7,18 @@
 //! Route ownership mirrors function ownership: a second trigger for the same method and path does
 //! not steal the route from a live binding; it waits as a standby and serves once the first
 //! binding is removed (http.md weakness 8, fixed on purpose).
+//!
+//! In a group of engines, each engine serves its own listener and also the routes registered on
+//! the others: [`HttpRoutes::local_triggers`] is what this engine announces,
+//! [`HttpRoutes::set_remote`] takes what the others announced. A remote route is parsed by the
+//! same code as a local one and dispatched the same way; its function (and condition and
+//! middleware) are called by id, and a call with no local handler is forwarded to an engine that
+//! has one. Matching considers both sets: the most specific route wins, and a local route wins
+//! over a remote one of the same shape, so a request is routed the same way on every engine.
 
 use std::sync::RwLock;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use trine_protocol::{codes, ErrorBody};
 
@@ -33,6 +42,27 @@ pub struct Binding {
     /// Per-route middleware (`middleware_function_ids`), run in order after the condition.
     pub middleware: Vec<String>,
     pub metadata: Option<Value>,
+    /// Announced by another engine of the group (`trigger_id` is then empty): the function is
+    /// called by id and the call forwarded to an engine that has it.
+    pub remote: bool,
+}
+
+/// A route registered on another engine, as announced: the `http` trigger's function, its
+/// config exactly as registered (parsed here by the same code as a local registration) and its
+/// metadata (passed to the calls, as for a local route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteRoute {
+    pub function_id: String,
+    pub config: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+/// A binding with the config it was parsed from (announced to other engines).
+#[derive(Debug)]
+struct Bound {
+    binding: Binding,
+    config: Value,
 }
 
 #[derive(Debug)]
@@ -41,8 +71,83 @@ struct Route {
     /// `api_path` exactly as registered (what handlers see in `path`).
     template: String,
     segments: Vec<Seg>,
-    /// `bindings[0]` serves; the rest are standbys, oldest first.
-    bindings: Vec<Binding>,
+    /// `bindings[0]` serves; the rest are standbys, oldest first (remote routes have one).
+    bindings: Vec<Bound>,
+}
+
+/// One `http` trigger config, parsed.
+struct Parsed {
+    method: String,
+    template: String,
+    segments: Vec<Seg>,
+    binding: Binding,
+}
+
+/// Parses an `http` trigger config (shared by local registrations and remote announcements).
+fn parse_route(
+    trigger_id: &str,
+    function_id: &str,
+    config: &Value,
+    metadata: &Option<Value>,
+    remote: bool,
+) -> Result<Parsed, String> {
+    let api_path = config
+        .get("api_path")
+        .and_then(Value::as_str)
+        .ok_or("api_path is required for http triggers (a string such as \"/todos/:id\")")?;
+    let method = match config.get("http_method") {
+        Some(Value::String(m)) => m.to_ascii_uppercase(),
+        None | Some(Value::Null) => "GET".to_owned(),
+        Some(_) => return Err("http_method must be a string such as \"POST\"".into()),
+    };
+    if !METHODS.contains(&method.as_str()) {
+        return Err(format!(
+            "http_method `{method}` is not supported (use one of {})",
+            METHODS.join(", ")
+        ));
+    }
+    let segments = parse_template(api_path);
+    if let Some(empty) = segments
+        .iter()
+        .position(|s| matches!(s, Seg::Lit(l) if l.is_empty()))
+    {
+        if empty + 1 != segments.len() {
+            return Err(format!("api_path `{api_path}` has an empty segment"));
+        }
+    }
+    let binding = Binding {
+        trigger_id: trigger_id.to_owned(),
+        function_id: function_id.to_owned(),
+        condition_function_id: config
+            .get("condition_function_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        middleware: config
+            .get("middleware_function_ids")
+            .and_then(Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        metadata: metadata.clone(),
+        remote,
+    };
+    Ok(Parsed {
+        method,
+        template: api_path.to_owned(),
+        segments,
+        binding,
+    })
+}
+
+/// The route table: routes of this engine's workers, and those announced by other engines.
+#[derive(Default)]
+struct Table {
+    local: Vec<Route>,
+    remote: Vec<Route>,
 }
 
 /// Result of matching a request against the table.
@@ -60,9 +165,10 @@ pub enum RouteMatch {
     NotFound,
 }
 
+/// The `http` trigger type's provider and route table.
 #[derive(Default)]
 pub struct HttpRoutes {
-    routes: RwLock<Vec<Route>>,
+    table: RwLock<Table>,
 }
 
 fn parse_template(path: &str) -> Vec<Seg> {
@@ -89,16 +195,17 @@ fn same_shape(a: &[Seg], b: &[Seg]) -> bool {
 }
 
 impl HttpRoutes {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Route>> {
-        self.routes.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Route>> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Finds the binding for a request. Static segments win over parameters at the first
-    /// position where candidate routes differ (`/todos/metrics` beats `/todos/:id`).
+    /// Finds the binding for a request among local and remote routes. Static segments win over
+    /// parameters at the first position where candidate routes differ (`/todos/metrics` beats
+    /// `/todos/:id`); between a local and a remote route of the same shape, the local one wins.
     pub fn route(&self, method: &str, path: &str) -> RouteMatch {
         let req: Vec<&str> = {
             let t = path.strip_prefix('/').unwrap_or(path);
@@ -108,7 +215,9 @@ impl HttpRoutes {
                 t.split('/').collect()
             }
         };
-        let routes = self.read();
+        let table = self.read();
+        // Local routes after remote ones: `max_by_key` keeps the last of equal keys.
+        let routes = || table.remote.iter().chain(&table.local);
         let matches_path = |r: &Route| {
             r.segments.len() == req.len()
                 && r.segments.iter().zip(&req).all(|(s, p)| match s {
@@ -123,8 +232,7 @@ impl HttpRoutes {
                 .collect()
         };
         let pick = |m: &str| {
-            routes
-                .iter()
+            routes()
                 .filter(|r| r.method == m && matches_path(r))
                 .max_by_key(|r| specificity(r))
         };
@@ -137,13 +245,12 @@ impl HttpRoutes {
                 }
             }
             return RouteMatch::Found {
-                binding: Box::new(r.bindings[0].clone()),
+                binding: Box::new(r.bindings[0].binding.clone()),
                 template: r.template.clone(),
                 path_params,
             };
         }
-        let mut allow: Vec<String> = routes
-            .iter()
+        let mut allow: Vec<String> = routes()
             .filter(|r| matches_path(r))
             .map(|r| r.method.clone())
             .collect();
@@ -155,97 +262,133 @@ impl HttpRoutes {
         RouteMatch::MethodNotAllowed { allow }
     }
 
-    /// Number of distinct routes (for listings and tests).
+    /// Number of distinct local routes (for listings and tests).
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().local.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The routes registered by this engine's workers, to announce to the other engines: the
+    /// serving binding of each (standbys serve only here, after it), sorted by method and path.
+    pub fn local_triggers(&self) -> Vec<RemoteRoute> {
+        let table = self.read();
+        let mut routes: Vec<(&str, &str, RemoteRoute)> = table
+            .local
+            .iter()
+            .filter_map(|r| {
+                let b = r.bindings.first()?;
+                Some((
+                    r.method.as_str(),
+                    r.template.as_str(),
+                    RemoteRoute {
+                        function_id: b.binding.function_id.clone(),
+                        config: b.config.clone(),
+                        metadata: b.binding.metadata.clone(),
+                    },
+                ))
+            })
+            .collect();
+        routes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        routes.into_iter().map(|(_, _, r)| r).collect()
+    }
+
+    /// Replaces the routes announced by the other engines. Invalid ones are skipped (logged at
+    /// debug level); of several with the same method and shape, the first by function id (then
+    /// config) is kept.
+    pub fn set_remote(&self, mut routes: Vec<RemoteRoute>) {
+        routes.sort_by_cached_key(|r| (r.function_id.clone(), r.config.to_string()));
+        let mut remote: Vec<Route> = Vec::with_capacity(routes.len());
+        for r in routes {
+            let p = match parse_route("", &r.function_id, &r.config, &r.metadata, true) {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::debug!(function_id = %r.function_id, config = %r.config, %error,
+                        "remote http route skipped");
+                    continue;
+                }
+            };
+            if let Some(kept) = remote
+                .iter()
+                .find(|k| k.method == p.method && same_shape(&k.segments, &p.segments))
+            {
+                if kept.bindings[0].binding.function_id != p.binding.function_id
+                    || kept.segments != p.segments
+                {
+                    tracing::debug!(route = %format!("{} {}", p.method, p.template),
+                        kept = %kept.bindings[0].binding.function_id, skipped = %p.binding.function_id,
+                        "two engines announce the same remote http route; one is used");
+                }
+                continue;
+            }
+            remote.push(Route {
+                method: p.method,
+                template: p.template,
+                segments: p.segments,
+                bindings: vec![Bound {
+                    binding: p.binding,
+                    config: r.config,
+                }],
+            });
+        }
+        self.write().remote = remote;
+    }
+
+    /// Number of distinct remote routes held.
+    pub fn remote_len(&self) -> usize {
+        self.read().remote.len()
+    }
 }
 
 impl TriggerProvider for HttpRoutes {
     fn register(&self, t: &TriggerEntry) -> Result<(), String> {
-        let api_path =
-            t.config.get("api_path").and_then(Value::as_str).ok_or(
-                "api_path is required for http triggers (a string such as \"/todos/:id\")",
-            )?;
-        let method = match t.config.get("http_method") {
-            Some(Value::String(m)) => m.to_ascii_uppercase(),
-            None | Some(Value::Null) => "GET".to_owned(),
-            Some(_) => return Err("http_method must be a string such as \"POST\"".into()),
+        let Parsed {
+            method,
+            template,
+            segments,
+            binding,
+        } = parse_route(&t.id, &t.function_id, &t.config, &t.metadata, false)?;
+        let bound = Bound {
+            binding,
+            config: t.config.clone(),
         };
-        if !METHODS.contains(&method.as_str()) {
-            return Err(format!(
-                "http_method `{method}` is not supported (use one of {})",
-                METHODS.join(", ")
-            ));
-        }
-        let segments = parse_template(api_path);
-        if let Some(empty) = segments
-            .iter()
-            .position(|s| matches!(s, Seg::Lit(l) if l.is_empty()))
-        {
-            if empty + 1 != segments.len() {
-                return Err(format!("api_path `{api_path}` has an empty segment"));
-            }
-        }
-        let binding = Binding {
-            trigger_id: t.id.clone(),
-            function_id: t.function_id.clone(),
-            condition_function_id: t
-                .config
-                .get("condition_function_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            middleware: t
-                .config
-                .get("middleware_function_ids")
-                .and_then(Value::as_array)
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            metadata: t.metadata.clone(),
-        };
-        let mut routes = self.write();
-        if let Some(route) = routes
+        let mut table = self.write();
+        if let Some(route) = table
+            .local
             .iter_mut()
             .find(|r| r.method == method && same_shape(&r.segments, &segments))
         {
             if route.segments != segments {
                 return Err(format!(
-                    "Route '{method} {api_path}' conflicts with already-registered route '{method} {}' (same shape, different parameter names)",
+                    "Route '{method} {template}' conflicts with already-registered route '{method} {}' (same shape, different parameter names)",
                     route.template
                 ));
             }
-            route.bindings.retain(|b| b.trigger_id != t.id);
+            route.bindings.retain(|b| b.binding.trigger_id != t.id);
             if let Some(active) = route.bindings.first() {
-                tracing::warn!(route = %format!("{method} {api_path}"), active_function = %active.function_id,
+                tracing::warn!(route = %format!("{method} {template}"), active_function = %active.binding.function_id,
                     standby_function = %t.function_id, "route already bound; the new binding waits as a standby");
             }
-            route.bindings.push(binding);
+            route.bindings.push(bound);
             return Ok(());
         }
-        routes.push(Route {
+        table.local.push(Route {
             method,
-            template: api_path.to_owned(),
+            template,
             segments,
-            bindings: vec![binding],
+            bindings: vec![bound],
         });
         Ok(())
     }
 
     fn unregister(&self, t: &TriggerEntry) {
-        let mut routes = self.write();
-        for r in routes.iter_mut() {
-            r.bindings.retain(|b| b.trigger_id != t.id);
+        let mut table = self.write();
+        for r in table.local.iter_mut() {
+            r.bindings.retain(|b| b.binding.trigger_id != t.id);
         }
-        routes.retain(|r| !r.bindings.is_empty());
+        table.local.retain(|r| !r.bindings.is_empty());
     }
 }
 
@@ -586,6 +729,191 @@ mod tests {
         // Different methods may name parameters differently.
         r.register(&trig("3", "g", "/s/:b", "POST")).unwrap();
         assert!(r.register(&trig("4", "g", "/x", "BREW")).is_err());
+    }
+
+    fn remote(f: &str, path: &str, method: &str) -> RemoteRoute {
+        RemoteRoute {
+            function_id: f.into(),
+            config: json!({"api_path": path, "http_method": method}),
+            metadata: None,
+        }
+    }
+
+    fn found_binding(m: RouteMatch) -> Binding {
+        match m {
+            RouteMatch::Found { binding, .. } => *binding,
+            other => panic!("expected a match, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_local_route_wins_over_a_remote_one_of_the_same_shape() {
+        let r = HttpRoutes::default();
+        r.register(&trig("1", "local", "/todos/:id", "GET"))
+            .unwrap();
+        r.set_remote(vec![
+            remote("remote", "/todos/:key", "GET"),
+            remote("remote", "/todos", "POST"),
+        ]);
+        let b = found_binding(r.route("GET", "/todos/1"));
+        assert_eq!((b.function_id.as_str(), b.remote), ("local", false));
+        let (f, p) = found(r.route("GET", "/todos/1"));
+        assert_eq!((f.as_str(), &p["id"]), ("local", &json!("1")));
+        // Remote routes serve what no local route does, and count for 405s.
+        let b = found_binding(r.route("POST", "/todos"));
+        assert_eq!(
+            (b.function_id.as_str(), b.trigger_id.as_str(), b.remote),
+            ("remote", "", true)
+        );
+        match r.route("DELETE", "/todos") {
+            RouteMatch::MethodNotAllowed { allow } => assert_eq!(allow, ["POST"]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((r.len(), r.remote_len()), (1, 2));
+        // Once the local route goes, the remote one of the same shape serves, with its own
+        // parameter names.
+        r.unregister(&trig("1", "local", "/todos/:id", "GET"));
+        let (f, p) = found(r.route("GET", "/todos/1"));
+        assert_eq!((f.as_str(), &p["key"]), ("remote", &json!("1")));
+    }
+
+    #[test]
+    fn the_most_specific_route_wins_whichever_engine_has_it() {
+        // Every engine of the group routes a request the same way.
+        let r = HttpRoutes::default();
+        r.register(&trig("1", "get", "/todos/:id", "GET")).unwrap();
+        r.set_remote(vec![remote("metrics", "/todos/metrics", "GET")]);
+        assert_eq!(found(r.route("GET", "/todos/metrics")).0, "metrics");
+        assert_eq!(found(r.route("GET", "/todos/42")).0, "get");
+        assert_eq!(found(r.route("HEAD", "/todos/metrics")).0, "metrics");
+    }
+
+    #[test]
+    fn set_remote_replaces_skips_invalid_routes_and_picks_deterministically() {
+        let r = HttpRoutes::default();
+        r.set_remote(vec![remote("a", "/a", "GET"), remote("b", "/b", "GET")]);
+        assert_eq!(r.remote_len(), 2);
+        r.set_remote(vec![remote("c", "/c", "GET")]);
+        assert_eq!(r.remote_len(), 1);
+        assert!(matches!(r.route("GET", "/a"), RouteMatch::NotFound));
+        assert_eq!(found(r.route("GET", "/c")).0, "c");
+
+        let bad = |config: Value| RemoteRoute {
+            function_id: "bad".into(),
+            config,
+            metadata: None,
+        };
+        r.set_remote(vec![
+            bad(json!({"http_method": "GET"})),
+            bad(json!({"api_path": "/x", "http_method": "BREW"})),
+            bad(json!({"api_path": "/x", "http_method": 1})),
+            bad(json!({"api_path": "/a//b"})),
+            bad(json!("nope")),
+            remote("ok", "/ok", "GET"),
+        ]);
+        assert_eq!(r.remote_len(), 1);
+        assert_eq!(found(r.route("GET", "/ok")).0, "ok");
+
+        // Same method and shape from several engines: the first by function id, in any order.
+        for order in [["z", "m", "b"], ["b", "z", "m"], ["m", "b", "z"]] {
+            r.set_remote(
+                order
+                    .iter()
+                    .map(|f| remote(f, &format!("/items/:{f}"), "GET"))
+                    .collect(),
+            );
+            assert_eq!(r.remote_len(), 1);
+            let (f, p) = found(r.route("GET", "/items/1"));
+            assert_eq!((f.as_str(), &p["b"]), ("b", &json!("1")));
+        }
+        r.set_remote(Vec::new());
+        assert_eq!(r.remote_len(), 0);
+        assert!(matches!(r.route("GET", "/items/1"), RouteMatch::NotFound));
+    }
+
+    #[test]
+    fn local_triggers_round_trip_through_set_remote() {
+        let here = HttpRoutes::default();
+        let mut t = trig("1", "todo::get", "/todos/:id", "get");
+        t.config = json!({
+            "api_path": "/todos/:id",
+            "http_method": "get",
+            "condition_function_id": "todo::allowed",
+            "middleware_function_ids": ["auth::check", "rate::limit"],
+        });
+        t.metadata = Some(json!({"team": "a"}));
+        here.register(&t).unwrap();
+        here.register(&trig("2", "todo::create", "/todos", "POST"))
+            .unwrap();
+        here.register(&trig("3", "todo::metrics", "/todos/metrics", "GET"))
+            .unwrap();
+        // A standby is not announced: only the serving binding is.
+        here.register(&trig("4", "todo::other", "/todos", "POST"))
+            .unwrap();
+
+        let announced = here.local_triggers();
+        assert_eq!(announced.len(), 3);
+        let get = announced
+            .iter()
+            .find(|a| a.function_id == "todo::get")
+            .unwrap();
+        assert_eq!((&get.config, &get.metadata), (&t.config, &t.metadata));
+        assert!(!announced.iter().any(|a| a.function_id == "todo::other"));
+        let wire = serde_json::to_string(&announced).unwrap();
+        let back: Vec<RemoteRoute> = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back, announced);
+
+        let there = HttpRoutes::default();
+        there.set_remote(back);
+        assert_eq!((there.len(), there.remote_len()), (0, 3));
+        for (method, path) in [
+            ("GET", "/todos/7"),
+            ("GET", "/todos/metrics"),
+            ("HEAD", "/todos/7"),
+            ("POST", "/todos"),
+            ("DELETE", "/todos"),
+            ("GET", "/nope"),
+        ] {
+            let (a, b) = (here.route(method, path), there.route(method, path));
+            match (a, b) {
+                (
+                    RouteMatch::Found {
+                        binding: a,
+                        template: ta,
+                        path_params: pa,
+                    },
+                    RouteMatch::Found {
+                        binding: b,
+                        template: tb,
+                        path_params: pb,
+                    },
+                ) => {
+                    assert_eq!((ta, pa), (tb, pb), "{method} {path}");
+                    assert_eq!(
+                        (
+                            &a.function_id,
+                            &a.condition_function_id,
+                            &a.middleware,
+                            &a.metadata
+                        ),
+                        (
+                            &b.function_id,
+                            &b.condition_function_id,
+                            &b.middleware,
+                            &b.metadata
+                        ),
+                        "{method} {path}"
+                    );
+                    assert!(!a.remote && b.remote);
+                }
+                (
+                    RouteMatch::MethodNotAllowed { allow: a },
+                    RouteMatch::MethodNotAllowed { allow: b },
+                ) => assert_eq!(a, b, "{method} {path}"),
+                (RouteMatch::NotFound, RouteMatch::NotFound) => {}
+                (a, b) => panic!("{method} {path}: {a:?} here, {b:?} there"),
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! Non-durable pub/sub (worker `iii-pubsub`, adapter `local`): the `publish` function and the
 //! `subscribe` trigger type.
 //!
-//! `publish {topic, data}` hands `data`, unchanged, to every active `subscribe` trigger of that
-//! topic — one call per trigger, so two triggers bound to one function give two calls — with the
-//! trigger's metadata as the call's metadata. Publishing never waits for a handler; it returns
-//! nothing once the message is queued.
+//! `publish {topic, data}` hands `data`, unchanged, to every subscription of that topic, with the
+//! subscription's metadata as the call's metadata. Publishing never waits for a handler; it
+//! returns nothing once the message is queued.
+//!
+//! A subscription is a (topic, function) pair: `subscribe` triggers binding the same function to
+//! the same topic (replicas of one worker, on this engine or forwarded from others) share one
+//! subscription and so get one call per message; the call is routed to one of the function's
+//! registrations by the engine. The subscription keeps its first trigger's id (in logs) and
+//! metadata, and goes away with its last trigger. The reference made one call per trigger.
 //!
 //! Contract:
 //! - Order: each subscription has its own queue drained by one task that awaits each call before
@@ -14,15 +19,16 @@
 //!   **newest** message is dropped for that subscription only, counted (`dropped` in
 //!   [`PubSub::stats`]) and logged (first drop, then every 1000th).
 //! - At most once: nothing is persisted and nothing is retried; handler errors are logged and
-//!   counted. Unregistering a trigger drops what is still queued for it. Use
+//!   counted. Removing a subscription's last trigger drops what is still queued for it. Use
 //!   `iii::durable::publish` for durable delivery.
 //! - Registration: a `subscribe` config without a non-empty string `topic` is rejected with an
 //!   error sent to the registering worker (the reference accepted it and subscribed to nothing).
 //!   Unregistering one trigger removes only that trigger (the reference dropped every
-//!   subscription of the topic). `condition_function_id` is ignored, as in the reference.
+//!   subscription of the topic). Re-registering a trigger id replaces it (a subscription it was
+//!   alone in restarts empty). `condition_function_id` is ignored, as in the reference.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -35,7 +41,7 @@ use crate::engine::{Call, Caller, Engine, WeakEngine};
 use crate::registry::{TriggerEntry, TriggerProvider};
 use crate::state::triggers::{opt_string, CowList};
 use crate::state::{de_error, json_type, object, req_string};
-use crate::worker::CallOutcome;
+use crate::worker::{lock, CallOutcome};
 
 /// Stable error codes of the pub/sub module.
 pub mod codes {
@@ -48,11 +54,15 @@ pub const SUBSCRIPTION_QUEUE: usize = 1024;
 
 const PUBLISH: &str = "publish";
 
-/// One active `subscribe` trigger.
+/// One active subscription: the `subscribe` triggers of one function on one topic.
 struct Subscription {
+    /// The first trigger's id (names the subscription in logs).
     trigger_id: String,
     topic: String,
     function_id: String,
+    /// Ids of the triggers holding it, oldest first; never empty while listed. Changed only
+    /// under the list's write lock.
+    holders: Mutex<Vec<String>>,
     queue: mpsc::Sender<Value>,
     dropped: AtomicU64,
     stop: CancellationToken,
@@ -128,7 +138,7 @@ impl PubSub {
         queued
     }
 
-    /// Counters since start and the number of active subscriptions.
+    /// Counters since start and the number of active subscriptions (replicas counted once).
     pub fn stats(&self) -> Value {
         let c = &self.counters;
         json!({
@@ -175,44 +185,54 @@ impl TriggerProvider for PubSub {
                 "subscribe triggers can only be registered inside the engine's runtime".into(),
             );
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
-        let sub = Arc::new(Subscription {
-            trigger_id: trigger.id.clone(),
-            topic,
-            function_id: trigger.function_id.clone(),
-            queue: tx,
-            dropped: AtomicU64::new(0),
-            stop: self.shutdown.child_token(),
-        });
-        self.tasks.spawn(drain(
-            self.engine.clone(),
-            sub.clone(),
-            trigger.metadata.clone(),
-            rx,
-            self.counters.clone(),
-        ));
-        // A second registration of the same id replaces the first.
+        // A replay of the same id replaces it: it leaves its subscription first.
         self.subscriptions.replace(|v| {
-            stop_and_remove(v, &trigger.id);
+            release(v, &trigger.id);
+            if let Some(sub) = v
+                .iter()
+                .find(|s| s.topic == topic && s.function_id == trigger.function_id)
+            {
+                lock(&sub.holders).push(trigger.id.clone());
+                return;
+            }
+            let (tx, rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
+            let sub = Arc::new(Subscription {
+                trigger_id: trigger.id.clone(),
+                topic,
+                function_id: trigger.function_id.clone(),
+                holders: Mutex::new(vec![trigger.id.clone()]),
+                queue: tx,
+                dropped: AtomicU64::new(0),
+                stop: self.shutdown.child_token(),
+            });
+            self.tasks.spawn(drain(
+                self.engine.clone(),
+                sub.clone(),
+                trigger.metadata.clone(),
+                rx,
+                self.counters.clone(),
+            ));
             v.push(sub);
         });
         Ok(())
     }
 
     fn unregister(&self, trigger: &TriggerEntry) {
-        self.subscriptions
-            .replace(|v| stop_and_remove(v, &trigger.id));
+        self.subscriptions.replace(|v| release(v, &trigger.id));
     }
 }
 
-/// Removes the subscription of `trigger_id` from `list`, stopping its task.
-fn stop_and_remove(list: &mut Vec<Arc<Subscription>>, trigger_id: &str) {
+/// Takes trigger `trigger_id` out of its subscription in `list`; a subscription left without
+/// triggers is removed and its task stopped.
+fn release(list: &mut Vec<Arc<Subscription>>, trigger_id: &str) {
     list.retain(|s| {
-        let same = s.trigger_id == trigger_id;
-        if same {
+        let mut holders = lock(&s.holders);
+        holders.retain(|h| h != trigger_id);
+        if holders.is_empty() {
             s.stop.cancel();
+            return false;
         }
-        !same
+        true
     });
 }
 

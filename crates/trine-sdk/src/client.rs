@@ -302,6 +302,14 @@ impl Worker {
         id
     }
 
+    /// Registers a trigger with the caller's own id (e.g. an engine forwarding a registration it
+    /// received), replayed on every reconnect like the others.
+    pub fn register_trigger_with(&self, trigger: RegisterTrigger) {
+        let mut registry = lock(&self.shared.registry);
+        let frame = registry.insert_trigger(trigger);
+        self.shared.send_registration(frame);
+    }
+
     /// Removes trigger `id`. Returns false if it was not registered by this worker.
     pub fn unregister_trigger(&self, id: &str) -> bool {
         let mut registry = lock(&self.shared.registry);

@@ -55,4 +55,4 @@ mod registry;
 pub use client::{Worker, WorkerOptions};
 pub use error::Error;
 pub use handler::INVOCATION_FAILED;
-pub use trine_protocol::{ErrorBody, RegisterFunction};
+pub use trine_protocol::{ErrorBody, RegisterFunction, RegisterTrigger};

@@ -400,11 +400,17 @@ pub struct OwnerLease {
     client: redis::Client,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set by the renewal thread when another engine holds the key.
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// Cleared by [`OwnerLease::hand_over`]: the key is then left to expire or be adopted.
+    release_on_drop: bool,
 }
 
 impl OwnerLease {
     /// Takes the lease `key` with `token`, waiting up to `wait` for a previous holder's lease to
     /// expire (an engine killed without releasing it). Fails with the holder's token otherwise.
+    /// A key that already holds `token` (handed over by [`OwnerLease::hand_over`] to a process
+    /// that continues with the same token) is adopted.
     pub fn acquire(
         url: &str,
         key: &str,
@@ -412,6 +418,46 @@ impl OwnerLease {
         ttl: Duration,
         wait: Duration,
     ) -> Result<OwnerLease, StoreError> {
+        match Self::take(url, key, token, ttl, wait)? {
+            Ok(lease) => Ok(lease),
+            Err(holder) => Err(StoreError::Engine(format!(
+                "{key} is held by another engine ({holder}); several engines on one data set \
+                 need cluster mode (docs/cluster.md)"
+            ))),
+        }
+    }
+
+    /// Takes the lease if nobody holds it now: `Ok(None)` when another engine does.
+    pub fn try_acquire(
+        url: &str,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<OwnerLease>, StoreError> {
+        Ok(Self::take(url, key, token, ttl, Duration::ZERO)?.ok())
+    }
+
+    /// The token of the current holder of `key`, if any.
+    pub fn holder(url: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Engine(format!("redis lease: invalid URL: {e}")))?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| error("lease", &e))?;
+        redis::cmd("GET")
+            .arg(key)
+            .query(&mut conn)
+            .map_err(|e| error("lease", &e))
+    }
+
+    /// `Ok(Err(holder))` when another engine still holds the key after `wait`.
+    fn take(
+        url: &str,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Result<OwnerLease, String>, StoreError> {
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Engine(format!("redis lease: invalid URL: {e}")))?;
         let mut conn = client
@@ -432,16 +478,22 @@ impl OwnerLease {
             if set.is_some() {
                 break;
             }
+            let held: i64 = Script::new(RENEW_SCRIPT)
+                .key(key)
+                .arg(token)
+                .arg(ttl_ms)
+                .invoke(&mut conn)
+                .map_err(|e| error("lease", &e))?;
+            if held == 1 {
+                tracing::info!(key, "redis lease: adopted (handed over with this token)");
+                break;
+            }
             let holder: Option<String> = redis::cmd("GET")
                 .arg(key)
                 .query(&mut conn)
                 .map_err(|e| error("lease", &e))?;
             if Instant::now() >= deadline {
-                return Err(StoreError::Engine(format!(
-                    "{key} is held by another engine ({}); several engines on one data set need \
-                     cluster mode (docs/cluster.md)",
-                    holder.unwrap_or_default()
-                )));
+                return Ok(Err(holder.unwrap_or_default()));
             }
             if !logged {
                 tracing::info!(key, holder = ?holder, "redis lease: held by another engine; waiting for it to expire");
@@ -450,25 +502,52 @@ impl OwnerLease {
             std::thread::sleep(Duration::from_millis(200));
         }
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
-            let (client, key, token, stop) = (
+            let (client, key, token, stop, lost) = (
                 client.clone(),
                 key.to_owned(),
                 token.to_owned(),
                 stop.clone(),
+                lost.clone(),
             );
             std::thread::Builder::new()
                 .name("trine-redis-lease".into())
-                .spawn(move || renew(client, &key, &token, ttl_ms, &stop))
+                .spawn(move || renew(client, &key, &token, ttl_ms, &stop, &lost))
                 .map_err(StoreError::Io)?
         };
-        Ok(OwnerLease {
+        Ok(Ok(OwnerLease {
             key: key.to_owned(),
             token: token.to_owned(),
             client,
             stop,
             thread: Some(thread),
-        })
+            lost,
+            release_on_drop: true,
+        }))
+    }
+
+    /// The token this lease holds the key with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether the lease may be gone: another engine holds the key, or no renewal succeeded for
+    /// a whole TTL (Redis unreachable: another engine may have taken it meanwhile). The fence
+    /// refuses this engine's commits in the first case; the owner should step down in both.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The flag behind [`OwnerLease::is_lost`], for a watcher that does not hold the lease.
+    pub fn lost_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.lost.clone()
+    }
+
+    /// Stops renewing without releasing the key, for a process that continues with the same
+    /// token (it adopts the key with [`OwnerLease::acquire`] before the TTL runs out).
+    pub fn hand_over(mut self) {
+        self.release_on_drop = false;
     }
 
     /// The fence matching this lease, for [`RedisStoreOptions::fence`].
@@ -487,12 +566,23 @@ fn renew(
     token: &str,
     ttl_ms: u64,
     stop: &(Mutex<bool>, Condvar),
+    lost_flag: &std::sync::atomic::AtomicBool,
 ) {
     let script = Script::new(RENEW_SCRIPT);
     let every = Duration::from_millis((ttl_ms / 5).max(1));
     let mut conn: Option<redis::Connection> = None;
     let mut lost = false;
+    let mut renewed = Instant::now();
     loop {
+        if renewed.elapsed() >= Duration::from_millis(ttl_ms)
+            && !lost_flag.load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::error!(
+                key,
+                "redis lease: not renewed for a whole TTL; it may belong to another engine now"
+            );
+            lost_flag.store(true, std::sync::atomic::Ordering::Release);
+        }
         {
             let (lock, cv) = stop;
             let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -518,12 +608,14 @@ fn renew(
         let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
         match script.key(key).arg(token).arg(ttl_ms).invoke::<i64>(c) {
             Ok(1) => {
+                renewed = Instant::now();
                 if lost {
                     tracing::info!(key, "redis lease: held again");
                     lost = false;
                 }
             }
             Ok(_) => {
+                lost_flag.store(true, std::sync::atomic::Ordering::Release);
                 if !lost {
                     tracing::error!(key, "redis lease: lost to another engine; this engine's writes are refused from now on (restart it)");
                     lost = true;
@@ -546,6 +638,9 @@ impl Drop for OwnerLease {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if !self.release_on_drop {
+            return;
         }
         if let Ok(mut c) = self
             .client

@@ -192,6 +192,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The engine's durable store, when state runs on the file store (shared by queues and cron).
     let mut durable_store: Option<Arc<dyn Store>> = None;
     let mut redis_lease: Option<OwnerLease> = None;
+    let mut group: Option<Group> = None;
     // State and streams share one store (and one group-committing writer). It is opened when
     // either module runs; the state functions only when iii-state is on.
     let bridge_url = state_config
@@ -214,7 +215,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if !functions && bridge_url.is_none() {
             tracing::info!("state functions off (the config file does not list iii-state); the store serves streams");
         }
-        (durable_store, redis_lease) = plan.start(&engine)?;
+        let started = plan.start(&engine, args.cluster_redis_url.is_some())?;
+        (durable_store, redis_lease, group) = (started.durable, started.lease, started.group);
         if let Some(url) = &bridge_url {
             trine_engine::state::bridge::install(&engine, url)
                 .await
@@ -223,9 +225,60 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         tracing::info!("state module off (the config file does not list iii-state)");
     }
+    // A non-owner engine of a group runs no queues, cron or pub/sub of its own: their functions
+    // are called on the owner, and its workers' registrations of owner-run trigger types are
+    // passed on to the owner.
+    let follower = group.as_ref().is_some_and(|g| !g.owner);
+    let forwarder = follower.then(|| {
+        let f = Arc::new(trine_engine::cluster::TriggerForwarder::default());
+        engine.add_trigger_types(
+            &[
+                (
+                    "state",
+                    "State trigger (served by the group's owner engine)",
+                ),
+                (
+                    "stream",
+                    "Stream item changes and events (served by the group's owner engine)",
+                ),
+                (
+                    "durable:subscriber",
+                    "Durable topic subscriber (served by the group's owner engine)",
+                ),
+                ("cron", "Cron schedule (served by the group's owner engine)"),
+                (
+                    "subscribe",
+                    "Pub/sub subscription (served by the group's owner engine)",
+                ),
+            ],
+            f.clone(),
+        );
+        f
+    });
+    if follower {
+        queue_block = None;
+        cron_block = None;
+        pubsub_block = None;
+    }
     if settings.stream.enabled {
+        let mirror = group.as_ref().map(|g| {
+            if g.owner {
+                trine_engine::stream::mirror::MirrorWriter::start(&g.url, g.envelopes_key())
+                    .map(trine_engine::stream::MirrorRole::Writer)
+            } else {
+                Ok(trine_engine::stream::MirrorRole::Reader {
+                    redis_url: g.url.clone(),
+                    key: g.envelopes_key(),
+                })
+            }
+        });
+        let mirror = match mirror {
+            Some(m) => Some(m.map_err(|e| anyhow::anyhow!("starting the stream mirror: {e}"))?),
+            None => None,
+        };
         let options = trine_engine::stream::StreamOptions {
             auth_function: stream_auth.clone(),
+            mirror,
             ..Default::default()
         };
         engine
@@ -271,15 +324,65 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         engine
             .enable_cluster(trine_engine::cluster::ClusterOptions {
                 redis_url: redis_url.clone(),
-                key_prefix: args
-                    .cluster_prefix
-                    .clone()
-                    .unwrap_or_else(|| "trine".into()),
+                // The group is named by the data set it shares, unless told otherwise.
+                key_prefix: args.cluster_prefix.clone().unwrap_or_else(|| {
+                    group
+                        .as_ref()
+                        .map(|g| format!("{}:group", g.prefix))
+                        .unwrap_or_else(|| "trine".into())
+                }),
                 advertise_url,
                 sync_every: Duration::from_millis(250),
                 ttl: Duration::from_secs(5),
+                owner: group.as_ref().is_some_and(|g| g.owner),
+                forwarder,
             })
             .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    // In a group, an engine changes role by re-executing itself (same pid, ports and flags):
+    // a non-owner that wins the lease after the owner died comes back as the owner (recovering
+    // owed deliveries and queued jobs from the data set), and an owner that lost its lease comes
+    // back as a non-owner. Workers and clients reconnect on their own.
+    let role_change = CancellationToken::new();
+    let handover: Arc<std::sync::Mutex<Option<OwnerLease>>> = Arc::default();
+    if let Some(g) = group.clone() {
+        let (stop, changed, handover) = (shutdown.clone(), role_change.clone(), handover.clone());
+        let lost = redis_lease.as_ref().map(|l| l.lost_flag());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Some(lost) = &lost {
+                    if lost.load(std::sync::atomic::Ordering::Acquire) {
+                        tracing::error!("group: this engine lost the data set's lease; restarting as a non-owner");
+                        changed.cancel();
+                        return;
+                    }
+                    continue;
+                }
+                let g2 = g.clone();
+                let taken = tokio::task::spawn_blocking(move || {
+                    OwnerLease::try_acquire(&g2.url, &g2.lease_key(), &g2.token, g2.ttl)
+                })
+                .await;
+                match taken {
+                    Ok(Ok(Some(lease))) => {
+                        tracing::warn!("group: the owner engine is gone and this engine took the data set's lease; restarting as the owner");
+                        *handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                        changed.cancel();
+                        return;
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "group: cannot check the data set's lease")
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
     }
     let ready = json!({
         "worker_url": format!("ws://{}", addrs.worker),
@@ -301,19 +404,97 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = out.flush();
     }
 
-    wait_for_signal().await;
+    let reexec = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = role_change.cancelled() => true,
+    };
     tracing::info!("shutting down");
     shutdown.cancel();
     engine.shutdown().await;
+    if reexec {
+        // An owner that lost its lease lets it go as it is (another engine holds it); a
+        // non-owner that won it hands it to the process it becomes.
+        let token = handover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|l| {
+                let t = l.token().to_owned();
+                l.hand_over();
+                t
+            });
+        if let Some(l) = redis_lease.take() {
+            l.hand_over();
+        }
+        return reexec_self(token);
+    }
     // Committers are stopped: the data set can go to another engine.
     drop(redis_lease);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// What [`StatePlan::start`] opened: the store when it is durable, and the ownership lease of a
-/// Redis data set (held until shutdown).
-type Started = (Option<Arc<dyn Store>>, Option<OwnerLease>);
+/// Replaces this process with a fresh start of the same command line (same pid), carrying the
+/// lease token when it takes the data set over.
+fn reexec_self(token: Option<String>) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1));
+    match token {
+        Some(t) => cmd.env(LEASE_TOKEN_ENV, t),
+        None => cmd.env_remove(LEASE_TOKEN_ENV),
+    };
+    tracing::info!("group: restarting in place");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        Err(anyhow::anyhow!(
+            "re-executing {}: {e}",
+            std::env::args().next().unwrap_or_default()
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().context("restarting")?;
+        Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+    }
+}
+
+/// What [`StatePlan::start`] opened.
+struct Started {
+    /// The store queues and cron share with state, when it keeps data across restarts (the file
+    /// store, or the Redis data set).
+    durable: Option<Arc<dyn Store>>,
+    /// The ownership lease of a Redis data set (held until shutdown).
+    lease: Option<OwnerLease>,
+    /// In a group: this engine's role and the data set's Redis.
+    group: Option<Group>,
+}
+
+/// An engine's place in a group of engines sharing one Redis data set (docs/cluster.md).
+#[derive(Clone)]
+struct Group {
+    owner: bool,
+    url: String,
+    prefix: String,
+    ttl: Duration,
+    /// The token this engine takes the lease with (kept across a hand-over).
+    token: String,
+}
+
+impl Group {
+    fn lease_key(&self) -> String {
+        format!("{}:owner", self.prefix)
+    }
+
+    fn envelopes_key(&self) -> String {
+        format!("{}:envelopes", self.prefix)
+    }
+}
+
+/// The environment variable carrying a lease token to the process an engine re-executes into.
+const LEASE_TOKEN_ENV: &str = "TRINE_LEASE_TOKEN";
 
 /// Where and how the state module stores data, after flags, env vars and the config file.
 struct StatePlan {
@@ -398,30 +579,73 @@ impl StatePlan {
         })
     }
 
-    /// Opens the store and starts the state module; returns the store when it is durable, and
-    /// the ownership lease of a Redis data set (held until shutdown).
-    fn start(self, engine: &Engine) -> anyhow::Result<Started> {
+    /// Opens the store and starts the state module. With `group` (cluster mode on a Redis data
+    /// set) the engine that gets the lease is the owner; the others read the data set only.
+    fn start(mut self, engine: &Engine, group: bool) -> anyhow::Result<Started> {
         let mut lease = None;
+        let mut role = None;
         let store: Arc<dyn Store> = match (&self.redis, self.store) {
             (Some((url, prefix, ttl)), _) => {
-                // One engine per data set until cluster mode: an exclusive lease, and a fence
-                // on every commit so an engine that lost the lease cannot write.
-                let token = format!(
-                    "{}-{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0)
-                );
-                let l = OwnerLease::acquire(
-                    url,
-                    &format!("{prefix}:owner"),
-                    &token,
-                    *ttl,
-                    *ttl + Duration::from_secs(2),
-                )
+                // An exclusive lease, and a fence on every commit so an engine that lost the
+                // lease cannot write.
+                let token = std::env::var(LEASE_TOKEN_ENV).unwrap_or_else(|_| {
+                    format!(
+                        "{}-{}",
+                        std::process::id(),
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos())
+                            .unwrap_or(0)
+                    )
+                });
+                let key = format!("{prefix}:owner");
+                let taken = if group {
+                    OwnerLease::try_acquire(url, &key, &token, *ttl)
+                } else {
+                    OwnerLease::acquire(url, &key, &token, *ttl, *ttl + Duration::from_secs(2))
+                        .map(Some)
+                }
                 .with_context(|| format!("taking the Redis data set `{prefix}` at {url}"))?;
+                let g = Group {
+                    owner: taken.is_some(),
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                    ttl: *ttl,
+                    token: token.clone(),
+                };
+                if group {
+                    role = Some(g);
+                }
+                let Some(l) = taken else {
+                    // Another engine owns the data set: this one forwards writes to it and
+                    // reads the data set for stream snapshots. Its fence never holds, so it
+                    // cannot write even by mistake.
+                    let s = RedisStore::open(
+                        url,
+                        RedisStoreOptions {
+                            key_prefix: prefix.clone(),
+                            fence: Some(trine_store::Fence {
+                                key,
+                                token: format!("read-only:{token}"),
+                            }),
+                            ..RedisStoreOptions::default()
+                        },
+                    )
+                    .with_context(|| format!("opening the Redis state store at {url}"))?;
+                    tracing::info!(url = %url, key_prefix = %prefix,
+                        "group: another engine owns the data set; this engine passes writes, queues and triggers on to it");
+                    self.options.read_only = true;
+                    self.options.functions = false;
+                    let store: Arc<dyn Store> = Arc::new(s);
+                    engine
+                        .enable_state(store, self.options)
+                        .context("starting the state module")?;
+                    return Ok(Started {
+                        durable: None,
+                        lease: None,
+                        group: role,
+                    });
+                };
                 let s = RedisStore::open(
                     url,
                     RedisStoreOptions {
@@ -454,11 +678,17 @@ impl StatePlan {
                 Arc::new(s)
             }
         };
-        let durable = store.info().durable.then(|| store.clone());
+        // On Redis, queues and cron live in the same data set (shared by the group), whatever
+        // Redis's own persistence settings.
+        let durable = (store.info().durable || self.redis.is_some()).then(|| store.clone());
         engine
             .enable_state(store, self.options)
             .context("starting the state module")?;
-        Ok((durable, lease))
+        Ok(Started {
+            durable,
+            lease,
+            group: role,
+        })
     }
 }
 

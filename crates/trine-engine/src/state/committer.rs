@@ -179,6 +179,8 @@ enum Change {
 pub struct CommitterLimits {
     pub max_value_bytes: usize,
     pub triggers_enabled: bool,
+    /// Open without writing (a non-owner engine of a group reads the owner's data set).
+    pub read_only: bool,
 }
 
 pub struct Committer {
@@ -281,7 +283,7 @@ impl Committer {
             }
             Ok(true)
         })?;
-        if !orphans.is_empty() {
+        if !orphans.is_empty() && !limits.read_only {
             store.commit(orphans, true)?;
         }
         stats.last_seq.store(seq, Ordering::Relaxed);

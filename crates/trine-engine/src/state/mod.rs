@@ -79,6 +79,9 @@ pub struct StateOptions {
     /// Register the `state::*` functions and the `state` trigger type (off when only streams
     /// use the store).
     pub functions: bool,
+    /// Another engine of the group owns the data set: this engine only reads the store (for
+    /// stream snapshots). Owed trigger deliveries are left to the owner and nothing is written.
+    pub read_only: bool,
 }
 
 impl Default for StateOptions {
@@ -89,6 +92,7 @@ impl Default for StateOptions {
             delivery: DeliveryOptions::default(),
             queue_capacity: 16_384,
             functions: true,
+            read_only: false,
         }
     }
 }
@@ -282,10 +286,11 @@ impl StateModule {
             CommitterLimits {
                 max_value_bytes: options.max_value_bytes,
                 triggers_enabled: options.triggers_enabled,
+                read_only: options.read_only,
             },
             streams.clone(),
         )?;
-        if !recovered.is_empty() {
+        if !recovered.is_empty() && !options.read_only {
             let n: usize = recovered.iter().map(|e| e.targets.len()).sum();
             tracing::info!(
                 deliveries = n,

@@ -6,12 +6,19 @@
 //! budget: a client that does not read is cut off (its queue is closed with the resume point),
 //! never waited for, so one stalled client cannot delay another.
 //!
+//! On a follower engine (one that does not own the data set) the hub publishes nothing of its
+//! own: it applies the frames of the owner's hub ([`StreamHub::publish_mirrored`], fed by
+//! [`super::mirror`]) with the owner's `seq` and `epoch`, so a client resumes on any engine.
+//!
 //! Invariants:
-//! - within a group, `seq` increases by one per published envelope, in commit order;
+//! - within a group, `seq` increases by one per published envelope, in commit order (on a
+//!   follower: the owner's order; a follower that missed frames resets the group and cuts its
+//!   subscribers off rather than skip a `seq`);
 //! - a subscription attached under the group lock sees every envelope published after it, and
 //!   a resume replays exactly the retained envelopes after the client's `last_seq`, under the
 //!   same lock, so nothing is lost or duplicated at the seam.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +63,9 @@ pub struct HubStats {
     pub resumes: AtomicU64,
     pub snapshots: AtomicU64,
     pub clients: AtomicUsize,
+    /// Groups a follower reset because it missed frames of the owner engine (its subscribers
+    /// were cut off to resume with a snapshot).
+    pub mirror_resets: AtomicU64,
 }
 
 type GroupKey = (Arc<str>, Arc<str>);
@@ -258,6 +268,49 @@ struct GroupState {
     subs: Vec<Subscriber>,
 }
 
+impl GroupState {
+    fn new(epoch: Arc<str>) -> Self {
+        Self {
+            epoch,
+            seq: 0,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            subs: Vec::new(),
+        }
+    }
+}
+
+/// What [`StreamHub::publish_mirrored`] did with a frame from the owner engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mirrored {
+    /// The group had no event yet: it took the frame's epoch and seq, and the frame was
+    /// appended and fanned out.
+    Adopted,
+    /// The group's next frame: appended and fanned out.
+    Appended,
+    /// Already applied: ignored.
+    Duplicate,
+    /// Frames were missed (a gap or another epoch): the group was reset, its subscribers cut
+    /// off, and the frame starts the new retention log.
+    Reset,
+    /// Not a frame of the hub (unparseable, no position): ignored.
+    Malformed,
+}
+
+/// The fields of a mirrored frame the follower's hub needs.
+#[derive(serde::Deserialize)]
+struct MirroredPosition<'a> {
+    #[serde(rename = "streamName", borrow)]
+    stream: Cow<'a, str>,
+    #[serde(rename = "groupId", borrow)]
+    group: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    seq: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+}
+
 /// Where a client wants to resume from.
 #[derive(Debug, Clone)]
 pub struct Resume {
@@ -310,23 +363,42 @@ impl StreamHub {
         )
     }
 
-    fn new_group(&self) -> GroupState {
+    /// A new epoch of this hub (a group that starts counting here).
+    fn new_epoch(&self) -> Arc<str> {
         let n = self.epochs.fetch_add(1, Ordering::Relaxed);
-        GroupState {
-            epoch: format!("{}-{n}", self.epoch_prefix).into(),
-            seq: 0,
-            log: VecDeque::new(),
-            log_bytes: 0,
-            subs: Vec::new(),
-        }
+        format!("{}-{n}", self.epoch_prefix).into()
+    }
+
+    fn new_group(&self) -> GroupState {
+        GroupState::new(self.new_epoch())
     }
 
     fn group_key(stream: &str, group: &str) -> GroupKey {
         (Arc::from(stream), Arc::from(group))
     }
 
-    /// Publishes committed envelopes, in order. Called by the committer thread.
-    pub fn publish(&self, envelopes: Vec<Arc<Value>>) {
+    /// The state of the group an event is published to, created with `epoch` when unknown.
+    /// Past `max_groups`, groups without subscribers are forgotten first.
+    fn event_group<'a>(
+        &self,
+        groups: &'a mut HashMap<GroupKey, GroupState>,
+        key: &GroupKey,
+        epoch: impl FnOnce() -> Arc<str>,
+    ) -> &'a mut GroupState {
+        if !groups.contains_key(key) {
+            if groups.len() >= self.options.max_groups {
+                groups.retain(|_, g| !g.subs.is_empty());
+            }
+            groups.insert(key.clone(), GroupState::new(epoch()));
+        }
+        groups.get_mut(key).expect("inserted above")
+    }
+
+    /// Publishes committed envelopes, in order. Called by the committer thread. Returns the
+    /// frames queued to clients, in the same order (each carries its `seq` and `epoch`), for the
+    /// mirror to other engines.
+    pub fn publish(&self, envelopes: Vec<Arc<Value>>) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(envelopes.len());
         let mut groups = lock(&self.groups);
         for env in envelopes {
             let (Some(stream), Some(group)) = (
@@ -336,61 +408,125 @@ impl StreamHub {
                 continue;
             };
             let key = Self::group_key(stream, group);
-            if !groups.contains_key(&key) {
-                if groups.len() >= self.options.max_groups {
-                    groups.retain(|_, g| !g.subs.is_empty());
-                }
-                groups.insert(key.clone(), self.new_group());
-            }
-            let g = groups.get_mut(&key).expect("inserted above");
+            let g = self.event_group(&mut groups, &key, || self.new_epoch());
             g.seq += 1;
             let frame = Frame {
                 bytes: serialize_with_position(&env, &g.epoch, g.seq),
                 tag: Some(Arc::new(FrameTag {
-                    group: key.clone(),
+                    group: key,
                     epoch: g.epoch.clone(),
                 })),
                 seq: g.seq,
             };
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
-            // Retention for resume.
-            g.log_bytes += frame.bytes.len();
-            g.log.push_back(frame.clone());
-            while g.log.len() > self.options.retention_events
-                || (g.log_bytes > self.options.retention_bytes && g.log.len() > 1)
-            {
-                if let Some(old) = g.log.pop_front() {
-                    g.log_bytes -= old.bytes.len();
-                }
+            out.push(frame.bytes.clone());
+            self.append(g, frame, env.get("id").and_then(Value::as_str));
+        }
+        out
+    }
+
+    /// Applies one frame published by the owner engine's hub (this hub is a follower's): the
+    /// group takes the owner's `seq` and `epoch`, so a client can resume on any engine.
+    ///
+    /// - unknown or fresh group (no event yet): the owner's position is adopted;
+    /// - the next `seq` of the same epoch: appended and fanned out as by [`StreamHub::publish`];
+    /// - an older `seq` of the same epoch: a duplicate, ignored;
+    /// - a gap or another epoch: this engine missed frames, so the group is reset — its
+    ///   retention log is cleared and every subscriber is cut off (counted in
+    ///   `mirror_resets`), so clients reconnect and, finding no gap-free resume, get a snapshot.
+    ///   The frame becomes the first entry of the new log.
+    pub fn publish_mirrored(&self, frame: Bytes) -> Mirrored {
+        let pos = match serde_json::from_slice::<MirroredPosition>(&frame) {
+            Ok(p) if p.seq > 0 => p,
+            Ok(_) => {
+                tracing::warn!("stream mirror: frame with seq 0 ignored");
+                return Mirrored::Malformed;
             }
-            let id = env.get("id").and_then(Value::as_str);
-            let mut cut = Vec::new();
-            for s in &mut g.subs {
-                if let Some(item) = &s.item {
-                    if id != Some(item.as_ref()) {
-                        continue;
-                    }
-                }
-                if let Some((held, bytes)) = &mut s.held {
-                    *bytes += frame.bytes.len();
-                    if *bytes > self.options.client_queue_bytes && *bytes > frame.bytes.len() {
-                        s.client.cut();
-                        cut.push(s.client_id);
-                    } else {
-                        held.push(frame.clone());
-                    }
+            Err(e) => {
+                tracing::warn!(error = %e, bytes = frame.len(), "stream mirror: malformed frame ignored");
+                return Mirrored::Malformed;
+            }
+        };
+        let key = Self::group_key(&pos.stream, &pos.group);
+        let mut groups = lock(&self.groups);
+        let g = self.event_group(&mut groups, &key, || Arc::from(pos.epoch.as_ref()));
+        let same_epoch = g.epoch.as_ref() == pos.epoch.as_ref();
+        let outcome = if g.seq == 0 && g.log.is_empty() {
+            Mirrored::Adopted
+        } else if same_epoch && pos.seq == g.seq + 1 {
+            Mirrored::Appended
+        } else if same_epoch && pos.seq <= g.seq {
+            return Mirrored::Duplicate;
+        } else {
+            Mirrored::Reset
+        };
+        if !same_epoch {
+            g.epoch = Arc::from(pos.epoch.as_ref());
+        }
+        g.seq = pos.seq;
+        if outcome == Mirrored::Reset {
+            tracing::debug!(stream = %pos.stream, group = %pos.group, seq = pos.seq,
+                subscribers = g.subs.len(), "stream mirror: frames were missed; group reset");
+            self.stats.mirror_resets.fetch_add(1, Ordering::Relaxed);
+            g.log.clear();
+            g.log_bytes = 0;
+            for s in g.subs.drain(..) {
+                s.client.cut();
+            }
+        }
+        let frame = Frame {
+            // A reference count, not a copy (`pos` borrows from the original).
+            bytes: frame.clone(),
+            tag: Some(Arc::new(FrameTag {
+                group: key,
+                epoch: g.epoch.clone(),
+            })),
+            seq: pos.seq,
+        };
+        // After a reset there is no subscriber left: this only starts the new log.
+        self.append(g, frame, pos.id.as_deref());
+        outcome
+    }
+
+    /// Retains a group's next frame for resume and queues it for the matching subscriptions;
+    /// those over their budget are cut off and removed.
+    fn append(&self, g: &mut GroupState, frame: Frame, id: Option<&str>) {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        let mut cut = Vec::new();
+        for s in &mut g.subs {
+            if let Some(item) = &s.item {
+                if id != Some(item.as_ref()) {
                     continue;
                 }
-                self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                if !s.client.push(frame.clone()) {
-                    cut.push(s.client_id);
-                }
             }
-            if !cut.is_empty() {
-                self.stats
-                    .slow_consumer_disconnects
-                    .fetch_add(cut.len() as u64, Ordering::Relaxed);
-                g.subs.retain(|s| !cut.contains(&s.client_id));
+            if let Some((held, bytes)) = &mut s.held {
+                *bytes += frame.bytes.len();
+                if *bytes > self.options.client_queue_bytes && *bytes > frame.bytes.len() {
+                    s.client.cut();
+                    cut.push(s.client_id);
+                } else {
+                    held.push(frame.clone());
+                }
+                continue;
+            }
+            self.stats.deliveries.fetch_add(1, Ordering::Relaxed);
+            if !s.client.push(frame.clone()) {
+                cut.push(s.client_id);
+            }
+        }
+        if !cut.is_empty() {
+            self.stats
+                .slow_consumer_disconnects
+                .fetch_add(cut.len() as u64, Ordering::Relaxed);
+            g.subs.retain(|s| !cut.contains(&s.client_id));
+        }
+        // Retention for resume.
+        g.log_bytes += frame.bytes.len();
+        g.log.push_back(frame);
+        while g.log.len() > self.options.retention_events
+            || (g.log_bytes > self.options.retention_bytes && g.log.len() > 1)
+        {
+            if let Some(old) = g.log.pop_front() {
+                g.log_bytes -= old.bytes.len();
             }
         }
     }
@@ -696,5 +832,265 @@ mod tests {
         let got = drain(&q);
         assert_eq!(got[0]["event"]["type"], "sync");
         assert_eq!(got[1]["seq"], 1);
+    }
+
+    #[test]
+    fn publish_returns_the_frames_queued_to_clients_in_order() {
+        let hub = StreamHub::new(HubOptions::default());
+        let (id, q) = hub.client();
+        hub.attach(id, &q, "s", "s", "g", None, None, false);
+        let frames = hub.publish(vec![
+            env("s", "g", None, 1),
+            Arc::new(json!({"no": "address"})),
+            env("s", "other", None, 2),
+            env("s", "g", None, 3),
+        ]);
+        assert_eq!(frames.len(), 3);
+        let queued: Vec<Bytes> = lock(&q.inner)
+            .frames
+            .iter()
+            .map(|f| f.bytes.clone())
+            .collect();
+        assert_eq!(queued, [frames[0].clone(), frames[2].clone()]);
+        let v: Value = serde_json::from_slice(&frames[2]).unwrap();
+        assert_eq!(v["seq"], 2);
+    }
+
+    /// Frames of an owner hub for `n` events of group `s/g` (item ids `i1`, `i2`, …).
+    fn owner_frames(owner: &StreamHub, n: i64) -> Vec<Bytes> {
+        owner.publish(
+            (1..=n)
+                .map(|k| env("s", "g", Some(&format!("i{k}")), k))
+                .collect(),
+        )
+    }
+
+    fn seqs(got: &[Value]) -> Vec<u64> {
+        got.iter().map(|v| v["seq"].as_u64().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_follower_adopts_the_owners_position_in_a_fresh_group() {
+        let owner = StreamHub::new(HubOptions::default());
+        let frames = owner_frames(&owner, 5);
+        let (owner_epoch, _) = owner.position("s", "g");
+        let follower = StreamHub::new(HubOptions::default());
+        // A client attached before any event (it got a snapshot at the follower's own epoch).
+        let (id, q) = follower.client();
+        let Attach::Fresh { epoch, seq: 0 } =
+            follower.attach(id, &q, "x", "s", "g", None, None, false)
+        else {
+            panic!("a new group is fresh");
+        };
+        assert_ne!(epoch, owner_epoch);
+        // The follower starts in the middle of the owner's sequence.
+        assert_eq!(
+            follower.publish_mirrored(frames[2].clone()),
+            Mirrored::Adopted
+        );
+        assert_eq!(follower.position("s", "g"), (owner_epoch.clone(), 3));
+        let got = drain(&q);
+        assert_eq!(seqs(&got), [3]);
+        assert_eq!(got[0]["epoch"], owner_epoch.as_str());
+        assert!(!q.is_closed());
+        // A group the follower never heard of is adopted the same way.
+        let other = owner.publish(vec![env("s", "h", None, 1), env("s", "h", None, 2)]);
+        assert_eq!(
+            follower.publish_mirrored(other[1].clone()),
+            Mirrored::Adopted
+        );
+        assert_eq!(follower.position("s", "h"), owner.position("s", "h"));
+        assert_eq!(follower.stats.mirror_resets.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn mirrored_frames_fan_out_in_order_and_resume_with_the_owners_epoch() {
+        let owner = StreamHub::new(HubOptions::default());
+        let frames = owner_frames(&owner, 5);
+        let (owner_epoch, _) = owner.position("s", "g");
+        let follower = StreamHub::new(HubOptions::default());
+        let (id, q) = follower.client();
+        follower.attach(id, &q, "all", "s", "g", None, None, false);
+        follower.attach(id, &q, "one", "s", "g", Some("i4"), None, false);
+        let outcomes: Vec<Mirrored> = frames
+            .iter()
+            .map(|f| follower.publish_mirrored(f.clone()))
+            .collect();
+        assert_eq!(outcomes[0], Mirrored::Adopted);
+        assert!(outcomes[1..].iter().all(|o| *o == Mirrored::Appended));
+        // The group subscription gets every frame, byte for byte; the item one only `i4`.
+        let queued: Vec<Frame> = lock(&q.inner).frames.iter().cloned().collect();
+        let bytes: Vec<Bytes> = queued.iter().map(|f| f.bytes.clone()).collect();
+        let mut want = frames.clone();
+        want.insert(4, frames[3].clone());
+        assert_eq!(bytes, want);
+        // The written position is the owner's, so the resume notice names the owner's epoch.
+        q.mark_written(&queued[5]);
+        assert_eq!(
+            q.resume_points(),
+            [("s".into(), "g".into(), owner_epoch.clone(), 5)]
+        );
+        // A client of the owner (or of another follower) resumes here from the retention log.
+        let (id2, q2) = follower.client();
+        let r = Resume {
+            epoch: owner_epoch,
+            last_seq: 2,
+        };
+        assert_eq!(
+            follower.attach(id2, &q2, "r", "s", "g", None, Some(&r), false),
+            Attach::Resumed { count: 3 }
+        );
+        assert_eq!(seqs(&drain(&q2)), [3, 4, 5]);
+        assert_eq!(follower.stats.published.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_mirrored_duplicate_is_ignored() {
+        let owner = StreamHub::new(HubOptions::default());
+        let frames = owner_frames(&owner, 3);
+        let follower = StreamHub::new(HubOptions::default());
+        let (id, q) = follower.client();
+        follower.attach(id, &q, "x", "s", "g", None, None, false);
+        for f in &frames {
+            follower.publish_mirrored(f.clone());
+        }
+        drain(&q);
+        assert_eq!(
+            follower.publish_mirrored(frames[1].clone()),
+            Mirrored::Duplicate
+        );
+        assert_eq!(
+            follower.publish_mirrored(frames[2].clone()),
+            Mirrored::Duplicate
+        );
+        assert!(drain(&q).is_empty());
+        assert_eq!(follower.position("s", "g").1, 3);
+        assert!(!q.is_closed());
+    }
+
+    #[test]
+    fn a_gap_in_mirrored_frames_resets_the_group_and_cuts_its_subscribers() {
+        let owner = StreamHub::new(HubOptions::default());
+        let frames = owner_frames(&owner, 5);
+        let (owner_epoch, _) = owner.position("s", "g");
+        let follower = StreamHub::new(HubOptions::default());
+        for f in &frames[..3] {
+            follower.publish_mirrored(f.clone());
+        }
+        let (id, q) = follower.client();
+        let (held_id, held) = follower.client();
+        let (other_id, other) = follower.client();
+        follower.attach(id, &q, "x", "s", "g", None, None, false);
+        follower.attach(held_id, &held, "x", "s", "g", None, None, true);
+        follower.attach(other_id, &other, "x", "s", "elsewhere", None, None, false);
+        // Frame 4 never arrives.
+        assert_eq!(
+            follower.publish_mirrored(frames[4].clone()),
+            Mirrored::Reset
+        );
+        assert!(q.is_closed() && held.is_closed());
+        assert!(!other.is_closed());
+        assert_eq!(follower.subscriptions(), 1);
+        assert_eq!(follower.stats.mirror_resets.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            follower
+                .stats
+                .slow_consumer_disconnects
+                .load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(follower.position("s", "g"), (owner_epoch.clone(), 5));
+        // The missed range cannot be replayed: the client gets a snapshot…
+        let (id2, q2) = follower.client();
+        let r = Resume {
+            epoch: owner_epoch.clone(),
+            last_seq: 3,
+        };
+        assert_eq!(
+            follower.attach(id2, &q2, "a", "s", "g", None, Some(&r), false),
+            Attach::Fresh {
+                epoch: owner_epoch.clone(),
+                seq: 5
+            }
+        );
+        // …while a client that has seq 4 (from the owner) resumes from the new log.
+        let r = Resume {
+            epoch: owner_epoch,
+            last_seq: 4,
+        };
+        assert_eq!(
+            follower.attach(id2, &q2, "b", "s", "g", None, Some(&r), false),
+            Attach::Resumed { count: 1 }
+        );
+        assert_eq!(seqs(&drain(&q2)), [5]);
+    }
+
+    #[test]
+    fn a_new_owner_epoch_resets_the_group_and_its_log() {
+        let owner = StreamHub::new(HubOptions::default());
+        let frames = owner_frames(&owner, 3);
+        let (old_epoch, _) = owner.position("s", "g");
+        let follower = StreamHub::new(HubOptions::default());
+        for f in &frames {
+            follower.publish_mirrored(f.clone());
+        }
+        let (id, q) = follower.client();
+        follower.attach(id, &q, "x", "s", "g", None, None, false);
+        // The data set moved to another engine (or the owner restarted): its seq starts over.
+        let new_owner = StreamHub::new(HubOptions::default());
+        let next = owner_frames(&new_owner, 2);
+        let (new_epoch, _) = new_owner.position("s", "g");
+        assert_eq!(follower.publish_mirrored(next[0].clone()), Mirrored::Reset);
+        assert!(q.is_closed());
+        assert_eq!(follower.stats.mirror_resets.load(Ordering::Relaxed), 1);
+        assert_eq!(follower.position("s", "g"), (new_epoch.clone(), 1));
+        assert_eq!(
+            follower.publish_mirrored(next[1].clone()),
+            Mirrored::Appended
+        );
+        // The old epoch's log is gone; the new one holds only the new owner's frames.
+        let (id2, q2) = follower.client();
+        let old = Resume {
+            epoch: old_epoch,
+            last_seq: 2,
+        };
+        assert!(matches!(
+            follower.attach(id2, &q2, "a", "s", "g", None, Some(&old), false),
+            Attach::Fresh { .. }
+        ));
+        let new = Resume {
+            epoch: new_epoch,
+            last_seq: 0,
+        };
+        assert_eq!(
+            follower.attach(id2, &q2, "b", "s", "g", None, Some(&new), false),
+            Attach::Resumed { count: 2 }
+        );
+        assert_eq!(seqs(&drain(&q2)), [1, 2]);
+    }
+
+    #[test]
+    fn held_subscriptions_get_mirrored_frames_on_release_and_malformed_frames_are_ignored() {
+        let owner = StreamHub::new(HubOptions::default());
+        let frames = owner_frames(&owner, 2);
+        let follower = StreamHub::new(HubOptions::default());
+        let (id, q) = follower.client();
+        follower.attach(id, &q, "x", "s", "g", None, None, true);
+        for bad in [
+            &b"not json"[..],
+            br#"{"streamName":"s","groupId":"g","event":{}}"#,
+            br#"{"streamName":"s","groupId":"g","seq":0,"epoch":"e"}"#,
+        ] {
+            assert_eq!(
+                follower.publish_mirrored(Bytes::from_static(bad)),
+                Mirrored::Malformed
+            );
+        }
+        for f in &frames {
+            follower.publish_mirrored(f.clone());
+        }
+        assert!(drain(&q).is_empty());
+        assert!(follower.release(id, "x", "s", "g", None));
+        assert_eq!(seqs(&drain(&q)), [1, 2]);
     }
 }

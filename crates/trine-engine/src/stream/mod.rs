@@ -5,14 +5,21 @@
 //! Layout:
 //! - [`hub`]: per-group sequence numbers and epochs, the retention log for resume, fan-out to
 //!   bounded client queues (slow consumers are cut off with their resume point);
+//! - [`mirror`]: the owner engine's frames carried to follower engines through a Redis stream,
+//!   so clients get the same `seq` and `epoch` on every engine;
 //! - [`triggers`]: the three trigger types.
 //!
 //! Items are stored through the state module's committer (same store, same group commit, same
 //! outbox), so a stream write is durable when acknowledged and its envelope is published after
 //! the commit, in commit order. Worker-provided stream implementations (`stream::get(<name>)`
 //! etc., registered by the SDKs' `createStream`) take over storage for their stream.
+//!
+//! When several engines share one data set, only the owner publishes: its hub's frames are
+//! mirrored ([`MirrorRole::Writer`]) to the followers' hubs ([`MirrorRole::Reader`]), which
+//! serve their own WebSocket clients and leave the `stream::*` functions to the owner.
 
 pub mod hub;
+pub mod mirror;
 pub mod triggers;
 
 use std::sync::Arc;
@@ -21,16 +28,17 @@ use serde_json::{json, Map, Value};
 use trine_protocol::ErrorBody;
 use trine_store::{for_each, Space, StoreError};
 
-use crate::builtins::bound;
+use crate::builtins::{bound, BuiltinFn};
 use crate::engine::{Call, Caller, Engine, WeakEngine};
-use crate::registry::Handler;
+use crate::registry::{Handler, Registry};
 use crate::state::committer::{Address, StreamPublish, StreamSink, WriteKind, WriteRequest};
 use crate::state::delivery::Target;
 use crate::state::{
     de_error, json_type, keys, object, ops, req_string, storage_error, write_error, StateModule,
 };
 use crate::worker::{now_ms, CallOutcome};
-pub use hub::{Attach, ClientQueue, Frame, HubOptions, Next, Resume, StreamHub};
+pub use hub::{Attach, ClientQueue, Frame, HubOptions, Mirrored, Next, Resume, StreamHub};
+pub use mirror::{MirrorReader, MirrorWriter};
 use triggers::{JoinLeaveIndex, StreamTriggerIndex};
 
 /// Stable error codes of the stream module.
@@ -62,6 +70,21 @@ pub struct StreamOptions {
     pub hub: HubOptions,
     /// Function that authenticates new client connections (`iii-stream.auth_function`).
     pub auth_function: Option<String>,
+    /// This engine's side of the mirror between engines sharing one data set; `None` when the
+    /// engine serves its clients alone.
+    pub mirror: Option<MirrorRole>,
+}
+
+/// An engine's side of the stream mirror ([`mirror`]).
+#[derive(Debug, Clone)]
+pub enum MirrorRole {
+    /// The owner engine (the only writer): every frame its hub publishes goes to the writer.
+    Writer(Arc<MirrorWriter>),
+    /// A follower: its hub applies the owner's frames read from the Redis stream `key`. It
+    /// publishes nothing itself, so the `stream::*` functions and the `stream` trigger type
+    /// are left to the owner (the module registers only the stats function and the
+    /// `stream:join` / `stream:leave` trigger types).
+    Reader { redis_url: String, key: String },
 }
 
 /// One subscription as seen by join/leave triggers.
@@ -94,11 +117,18 @@ pub struct StreamModule {
     leaves: Arc<JoinLeaveIndex>,
     engine: WeakEngine,
     options: StreamOptions,
+    /// On a follower: feeds the hub from the owner's frames (stopped when the module drops).
+    reader: Option<MirrorReader>,
 }
 
 struct Sink {
     triggers: Arc<StreamTriggerIndex>,
     hub: Arc<StreamHub>,
+    /// The owner's mirror writer.
+    writer: Option<Arc<MirrorWriter>>,
+    /// A follower's hub takes only the owner's frames: its own publishing would interleave
+    /// sequence numbers the owner never assigned.
+    follower: bool,
 }
 
 impl StreamSink for Sink {
@@ -107,7 +137,17 @@ impl StreamSink for Sink {
     }
 
     fn publish(&self, envelopes: Vec<Arc<Value>>) {
-        self.hub.publish(envelopes);
+        if self.follower {
+            tracing::warn!(
+                envelopes = envelopes.len(),
+                "stream envelopes committed on a follower engine are not published (its hub mirrors the owner)"
+            );
+            return;
+        }
+        let frames = self.hub.publish(envelopes);
+        if let Some(w) = &self.writer {
+            w.send(frames);
+        }
     }
 }
 
@@ -619,23 +659,35 @@ impl StreamModule {
     fn stats_json(&self) -> Value {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.hub.stats;
-        json!({
+        let mut out = json!({
             "clients": s.clients.load(Relaxed),
             "subscriptions": self.hub.subscriptions(),
             "published": s.published.load(Relaxed),
             "deliveries": s.deliveries.load(Relaxed),
             "slow_consumer_disconnects": s.slow_consumer_disconnects.load(Relaxed),
+            "mirror_resets": s.mirror_resets.load(Relaxed),
             "resumes": s.resumes.load(Relaxed),
             "snapshots": s.snapshots.load(Relaxed),
             "stream_triggers": self.triggers.count(),
             "client_queue_bytes": self.hub.options().client_queue_bytes,
             "retention_events": self.hub.options().retention_events,
-        })
+        });
+        let mirror = match (&self.options.mirror, &self.reader) {
+            (_, Some(r)) => Some(r.stats_json()),
+            (Some(MirrorRole::Writer(w)), None) => Some(w.stats_json()),
+            _ => None,
+        };
+        if let Some(m) = mirror {
+            out["mirror"] = m;
+        }
+        out
     }
 }
 
 /// Enables the stream module on top of the state module's store and committer, and registers
-/// its functions and trigger types.
+/// its functions and trigger types. A follower ([`MirrorRole::Reader`]) starts its mirror
+/// reader and registers only `engine::streams::stats` and the `stream:join` / `stream:leave`
+/// trigger types; its snapshots are still read from the core store (the shared one).
 pub(crate) fn install(
     engine: &Engine,
     core: Arc<StateModule>,
@@ -643,9 +695,22 @@ pub(crate) fn install(
 ) -> Result<Arc<StreamModule>, String> {
     let hub = Arc::new(StreamHub::new(options.hub.clone()));
     let triggers = Arc::new(StreamTriggerIndex::default());
+    let (writer, follow) = match &options.mirror {
+        Some(MirrorRole::Writer(w)) => (Some(w.clone()), None),
+        Some(MirrorRole::Reader { redis_url, key }) => (None, Some((redis_url, key))),
+        None => (None, None),
+    };
+    // Started before the sink is plugged in, so a failed start leaves the module installable.
+    let reader = match follow {
+        Some((url, key)) => Some(MirrorReader::start(url, key.clone(), hub.clone())?),
+        None => None,
+    };
+    let follower = reader.is_some();
     if !core.set_stream_sink(Arc::new(Sink {
         triggers: triggers.clone(),
         hub: hub.clone(),
+        writer,
+        follower,
     })) {
         return Err("the stream module is already enabled".into());
     }
@@ -657,8 +722,40 @@ pub(crate) fn install(
         leaves: Arc::default(),
         engine: engine.downgrade(),
         options,
+        reader,
     });
     let m = &module;
+    let stats = bound(m, |m, _| async move { Ok(Some(m.stats_json())) });
+    let stats_description =
+        "Stream clients, subscriptions, deliveries, slow-consumer disconnects and the mirror";
+    let mut reg = engine.registry();
+    if follower {
+        reg.add_builtin("engine::streams::stats", stats_description, stats);
+    } else {
+        register_functions(&mut reg, m, stats, stats_description);
+        reg.add_builtin_trigger_type("stream", "Stream item changes and events", triggers);
+    }
+    reg.add_builtin_trigger_type(
+        "stream:join",
+        "A client joins a stream group",
+        module.joins.clone(),
+    );
+    reg.add_builtin_trigger_type(
+        "stream:leave",
+        "A client leaves a stream group",
+        module.leaves.clone(),
+    );
+    drop(reg);
+    Ok(module)
+}
+
+/// Registers the `stream::*` functions (on the engine that owns the data set) and the stats.
+fn register_functions(
+    reg: &mut Registry,
+    m: &Arc<StreamModule>,
+    stats: BuiltinFn,
+    stats_description: &'static str,
+) {
     let functions = [
         (
             "stream::set",
@@ -700,27 +797,9 @@ pub(crate) fn install(
             "Send a custom event to a stream group",
             bound(m, |m, v| async move { m.send(v).await }),
         ),
-        (
-            "engine::streams::stats",
-            "Stream clients, subscriptions, deliveries and slow-consumer disconnects",
-            bound(m, |m, _| async move { Ok(Some(m.stats_json())) }),
-        ),
+        ("engine::streams::stats", stats_description, stats),
     ];
-    let mut reg = engine.registry();
     for (id, description, f) in functions {
         reg.add_builtin(id, description, f);
     }
-    reg.add_builtin_trigger_type("stream", "Stream item changes and events", triggers);
-    reg.add_builtin_trigger_type(
-        "stream:join",
-        "A client joins a stream group",
-        module.joins.clone(),
-    );
-    reg.add_builtin_trigger_type(
-        "stream:leave",
-        "A client leaves a stream group",
-        module.leaves.clone(),
-    );
-    drop(reg);
-    Ok(module)
 }

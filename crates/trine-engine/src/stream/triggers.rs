@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::registry::{TriggerEntry, TriggerProvider};
 use crate::state::delivery::Target;
 use crate::state::json_type;
-use crate::state::triggers::{opt_string, CowList};
+use crate::state::triggers::{opt_string, ReplicaIndex};
 
 fn config_object(trigger: &TriggerEntry) -> Result<&Map<String, Value>, String> {
     trigger.config.as_object().ok_or_else(|| {
@@ -22,42 +22,50 @@ fn config_object(trigger: &TriggerEntry) -> Result<&Map<String, Value>, String> 
     })
 }
 
-struct StreamTrigger {
+/// A `stream` trigger's filter; an empty `group_id`/`item_id` is stored as absent (both mean
+/// any), so replicas differing only in that spelling merge.
+#[derive(Debug, Clone, PartialEq)]
+struct StreamFilter {
     stream: String,
     group: Option<String>,
     item: Option<String>,
-    target: Arc<Target>,
 }
 
-/// Active `stream` triggers (copy-on-write, read by the committer per envelope).
+/// Active `stream` triggers (copy-on-write, read by the committer per envelope). Replicas (same
+/// function, filter and condition) are one logical trigger, as for `state` triggers
+/// ([`crate::state::triggers`]).
 #[derive(Default)]
 pub struct StreamTriggerIndex {
-    list: CowList<StreamTrigger>,
+    index: ReplicaIndex<StreamFilter>,
 }
 
 impl StreamTriggerIndex {
-    /// Targets of the triggers matching an envelope (`group_id`/`item_id` absent or `""` = any).
+    /// Targets of the logical triggers matching an envelope (`group_id`/`item_id` absent or
+    /// `""` = any), each once.
     pub fn matching(&self, stream: &str, group: &str, id: Option<&str>) -> Vec<Arc<Target>> {
-        self.list
+        self.index
             .snapshot()
             .iter()
-            .filter(|t| t.stream == stream)
+            .filter(|t| t.filter.stream == stream)
+            .filter(|t| t.filter.group.as_deref().is_none_or(|g| g == group))
             .filter(|t| {
-                t.group
+                t.filter
+                    .item
                     .as_deref()
-                    .is_none_or(|g| g.is_empty() || g == group)
-            })
-            .filter(|t| {
-                t.item
-                    .as_deref()
-                    .is_none_or(|i| i.is_empty() || i == id.unwrap_or(""))
+                    .is_none_or(|i| i == id.unwrap_or(""))
             })
             .map(|t| t.target.clone())
             .collect()
     }
 
+    /// Number of logical triggers (replicas counted once).
     pub fn count(&self) -> usize {
-        self.list.snapshot().len()
+        self.index.count()
+    }
+
+    /// Number of registrations (replicas counted one by one).
+    pub fn registrations(&self) -> usize {
+        self.index.registrations()
     }
 }
 
@@ -70,27 +78,18 @@ impl TriggerProvider for StreamTriggerIndex {
                     .into(),
             );
         };
-        let t = Arc::new(StreamTrigger {
+        let filter = StreamFilter {
             stream,
-            group: opt_string(config, "group_id")?,
-            item: opt_string(config, "item_id")?,
-            target: Arc::new(Target {
-                trigger_id: trigger.id.clone(),
-                function_id: trigger.function_id.clone(),
-                condition_function_id: opt_string(config, "condition_function_id")?,
-                metadata: trigger.metadata.clone(),
-            }),
-        });
-        self.list.replace(|v| {
-            v.retain(|x| x.target.trigger_id != trigger.id);
-            v.push(t);
-        });
+            group: opt_string(config, "group_id")?.filter(|g| !g.is_empty()),
+            item: opt_string(config, "item_id")?.filter(|i| !i.is_empty()),
+        };
+        let condition = opt_string(config, "condition_function_id")?;
+        self.index.insert(trigger, filter, condition);
         Ok(())
     }
 
     fn unregister(&self, trigger: &TriggerEntry) {
-        self.list
-            .replace(|v| v.retain(|x| x.target.trigger_id != trigger.id));
+        self.index.remove(&trigger.id);
     }
 }
 
@@ -152,5 +151,112 @@ impl TriggerProvider for JoinLeaveIndex {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|x| x.id != trigger.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn trig(id: &str, function_id: &str, config: Value) -> TriggerEntry {
+        TriggerEntry {
+            id: id.into(),
+            trigger_type: "stream".into(),
+            function_id: function_id.into(),
+            config,
+            metadata: None,
+            owner: None,
+            active: true,
+        }
+    }
+
+    fn ids(targets: &[Arc<Target>]) -> Vec<&str> {
+        targets.iter().map(|t| t.trigger_id.as_str()).collect()
+    }
+
+    #[test]
+    fn replicas_are_one_logical_trigger_that_keeps_its_first_id() {
+        let index = StreamTriggerIndex::default();
+        let config = json!({"stream_name": "todos", "group_id": "g"});
+        index.register(&trig("a", "f", config.clone())).unwrap();
+        index.register(&trig("b", "f", config.clone())).unwrap();
+        // An empty item filter means any item: the same trigger.
+        index
+            .register(&trig(
+                "c",
+                "f",
+                json!({"stream_name": "todos", "group_id": "g", "item_id": ""}),
+            ))
+            .unwrap();
+        assert_eq!(ids(&index.matching("todos", "g", Some("i"))), ["a"]);
+        assert_eq!((index.count(), index.registrations()), (1, 3));
+
+        index.unregister(&trig("a", "f", config.clone()));
+        index.owner_gone(&trig("c", "f", config.clone()));
+        assert_eq!(ids(&index.matching("todos", "g", None)), ["a"]);
+        assert_eq!((index.count(), index.registrations()), (1, 1));
+        index.unregister(&trig("b", "f", config.clone()));
+        assert!(index.matching("todos", "g", None).is_empty());
+        assert_eq!((index.count(), index.registrations()), (0, 0));
+    }
+
+    #[test]
+    fn a_different_filter_or_condition_is_another_trigger() {
+        let index = StreamTriggerIndex::default();
+        index
+            .register(&trig("a", "f", json!({"stream_name": "s"})))
+            .unwrap();
+        index
+            .register(&trig(
+                "b",
+                "f",
+                json!({"stream_name": "s", "group_id": "g"}),
+            ))
+            .unwrap();
+        index
+            .register(&trig(
+                "c",
+                "f",
+                json!({"stream_name": "s", "group_id": "g", "item_id": "i"}),
+            ))
+            .unwrap();
+        index
+            .register(&trig(
+                "d",
+                "f",
+                json!({"stream_name": "s", "condition_function_id": "cond"}),
+            ))
+            .unwrap();
+        index
+            .register(&trig("e", "f", json!({"stream_name": "t"})))
+            .unwrap();
+        index
+            .register(&trig("f", "f", json!({"stream_name": "s", "group_id": ""})))
+            .unwrap();
+        assert_eq!((index.count(), index.registrations()), (5, 6));
+        assert_eq!(
+            ids(&index.matching("s", "g", Some("i"))),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(ids(&index.matching("s", "h", Some("i"))), ["a", "d"]);
+        assert_eq!(ids(&index.matching("t", "g", None)), ["e"]);
+    }
+
+    #[test]
+    fn re_registering_an_id_with_a_new_config_moves_it() {
+        let index = StreamTriggerIndex::default();
+        let s = json!({"stream_name": "s"});
+        let t = json!({"stream_name": "t"});
+        index.register(&trig("a", "f", s.clone())).unwrap();
+        index.register(&trig("b", "f", s.clone())).unwrap();
+        index.register(&trig("b", "f", t.clone())).unwrap();
+        assert_eq!(ids(&index.matching("s", "g", None)), ["a"]);
+        assert_eq!(ids(&index.matching("t", "g", None)), ["b"]);
+        assert_eq!((index.count(), index.registrations()), (2, 2));
+        index.unregister(&trig("a", "f", s.clone()));
+        assert!(index.matching("s", "g", None).is_empty());
+        assert_eq!(ids(&index.matching("t", "g", None)), ["b"]);
     }
 }

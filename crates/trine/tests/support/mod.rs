@@ -52,6 +52,8 @@ pub struct EngineProcess {
     pub run: usize,
     pub worker_url: String,
     pub log: PathBuf,
+    /// The whole ready line (`http_url`, `stream_url`, ...).
+    pub ready: Value,
 }
 
 impl EngineProcess {
@@ -149,6 +151,7 @@ impl EngineProcess {
             run,
             worker_url,
             log,
+            ready: v,
         })
     }
 
