@@ -293,6 +293,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             state_from_file,
             &data_dir,
             &durable_store,
+            redis_lease.is_some(),
+            group.is_some(),
         )?;
         if durable_store.is_none() {
             durable_store = store;
@@ -426,7 +428,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(l) = redis_lease.take() {
             l.hand_over();
         }
-        return reexec_self(token);
+        let ports = [
+            ("--worker-port", Some(addrs.worker.port())),
+            ("--http-port", addrs.http.map(|a| a.port())),
+            ("--stream-port", addrs.stream.map(|a| a.port())),
+        ];
+        return reexec_self(token, &ports);
     }
     // Committers are stopped: the data set can go to another engine.
     drop(redis_lease);
@@ -434,12 +441,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Replaces this process with a fresh start of the same command line (same pid), carrying the
-/// lease token when it takes the data set over.
-fn reexec_self(token: Option<String>) -> anyhow::Result<ExitCode> {
+/// Replaces this process with a fresh start of the same command line (same pid), on the ports
+/// it listens on now (an engine started with port 0 keeps the ones it got, so its workers and
+/// clients reconnect to it), carrying the lease token when it takes the data set over.
+fn reexec_self(token: Option<String>, ports: &[(&str, Option<u16>)]) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1));
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let text = a.to_string_lossy();
+        if let Some((flag, _)) = ports
+            .iter()
+            .find(|(f, _)| text == *f || text.starts_with(&format!("{f}=")))
+        {
+            if text == *flag {
+                args.next();
+            }
+            continue;
+        }
+        cmd.arg(a);
+    }
+    for (flag, port) in ports {
+        if let Some(p) = port {
+            cmd.arg(format!("{flag}={p}"));
+        }
+    }
     match token {
         Some(t) => cmd.env(LEASE_TOKEN_ENV, t),
         None => cmd.env_remove(LEASE_TOKEN_ENV),
@@ -717,6 +743,8 @@ fn start_queues(
     from_file: bool,
     data_dir: &Path,
     shared: &Option<Arc<dyn Store>>,
+    on_redis: bool,
+    in_group: bool,
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
     use trine_engine::queue::config::{parse, QueueStorage};
     let parsed = parse(block)
@@ -728,12 +756,23 @@ fn start_queues(
         (Some(StateStore::InMemory), _) => QueueStorage::InMemory,
         (Some(StateStore::FileBased), _) => QueueStorage::Durable,
         (None, Some(s)) => s,
+        // A group keeps its jobs in the shared data set, so a takeover loses none.
+        (None, None) if in_group => QueueStorage::Redis,
         // iii's builtin adapter defaults to in_memory; without a config file Trine is durable.
         (None, None) if from_file => QueueStorage::InMemory,
         (None, None) => QueueStorage::Durable,
     };
     let mut opened = None;
     let store: Arc<dyn Store> = match storage {
+        QueueStorage::Redis => match shared {
+            Some(s) if on_redis => {
+                tracing::info!("queues: in the Redis data set of the state module");
+                s.clone()
+            }
+            _ => anyhow::bail!(
+                "failed to initialize worker 'iii-queue': the redis adapter keeps jobs in the state module's Redis data set; configure iii-state with `adapter: {{name: redis}}`"
+            ),
+        },
         QueueStorage::InMemory => {
             tracing::info!("queues: in memory (jobs do not survive a restart)");
             Arc::new(MemoryStore::new())

@@ -90,6 +90,9 @@ pub enum QueueStorage {
     InMemory,
     /// Jobs are on disk before the receipt is sent.
     Durable,
+    /// `adapter: {name: redis}`: jobs live in the state module's Redis data set (shared by a
+    /// group of engines; the owner engine runs the queues).
+    Redis,
 }
 
 /// Everything the queue module is configured with.
@@ -242,14 +245,20 @@ fn parse_adapter(adapter: &Value, out: &mut ParsedQueueConfig) -> Result<(), Str
     let name = a.get("name").and_then(Value::as_str).unwrap_or("builtin");
     match name {
         "builtin" => {}
-        "redis" | "rabbitmq" | "bridge" => {
+        "redis" => {
+            // The server is the state module's (one data set); `redis_url` is accepted for
+            // compatibility and must name the same server.
+            out.storage = Some(QueueStorage::Redis);
+            return Ok(());
+        }
+        "rabbitmq" | "bridge" => {
             return Err(format!(
-                "iii-queue adapter `{name}` is not available in this Trine build; use `builtin` (durable with `store_method: file_based`)"
+                "iii-queue adapter `{name}` is not available in this Trine build; use `builtin` (durable with `store_method: file_based`) or `redis`"
             ))
         }
         other => {
             return Err(format!(
-                "Adapter factory '{other}' not found. Available: [builtin]"
+                "Adapter factory '{other}' not found. Available: [builtin, redis]"
             ))
         }
     }
@@ -482,7 +491,10 @@ mod tests {
         let e = parse(&json!({"queue_configs": [{"name": "q"}]})).unwrap_err();
         assert!(e.contains("not a list"), "{e}");
         let e = parse(&json!({"adapter": {"name": "kafka"}})).unwrap_err();
-        assert_eq!(e, "Adapter factory 'kafka' not found. Available: [builtin]");
+        assert_eq!(
+            e,
+            "Adapter factory 'kafka' not found. Available: [builtin, redis]"
+        );
         let e = parse(&json!({"adapter": {"name": "builtin", "config": {"store_method": "disk"}}}))
             .unwrap_err();
         assert!(e.contains("store_method"), "{e}");
