@@ -292,9 +292,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             block,
             state_from_file,
             &data_dir,
-            &durable_store,
-            redis_lease.is_some(),
-            group.is_some(),
+            &SharedStore {
+                store: durable_store.clone(),
+                on_redis: redis_lease.is_some(),
+                in_group: group.is_some(),
+            },
         )?;
         if durable_store.is_none() {
             durable_store = store;
@@ -718,6 +720,16 @@ impl StatePlan {
     }
 }
 
+/// The store the state module opened, as queues see it.
+struct SharedStore {
+    /// The durable store state runs on (file store or Redis data set), if any.
+    store: Option<Arc<dyn Store>>,
+    /// `store` is a Redis data set.
+    on_redis: bool,
+    /// This engine is part of a group sharing that data set.
+    in_group: bool,
+}
+
 /// Refuses adapters a module does not have in this build (the block's `adapter.name`).
 fn check_adapter(worker: &str, block: &serde_json::Value, known: &[&str]) -> anyhow::Result<()> {
     let name = block
@@ -742,10 +754,13 @@ fn start_queues(
     block: &serde_json::Value,
     from_file: bool,
     data_dir: &Path,
-    shared: &Option<Arc<dyn Store>>,
-    on_redis: bool,
-    in_group: bool,
+    shared: &SharedStore,
 ) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let SharedStore {
+        store: shared,
+        on_redis,
+        in_group,
+    } = shared;
     use trine_engine::queue::config::{parse, QueueStorage};
     let parsed = parse(block)
         .map_err(|e| anyhow::anyhow!("failed to initialize worker 'iii-queue': {e}"))?;
@@ -757,7 +772,7 @@ fn start_queues(
         (Some(StateStore::FileBased), _) => QueueStorage::Durable,
         (None, Some(s)) => s,
         // A group keeps its jobs in the shared data set, so a takeover loses none.
-        (None, None) if in_group => QueueStorage::Redis,
+        (None, None) if *in_group => QueueStorage::Redis,
         // iii's builtin adapter defaults to in_memory; without a config file Trine is durable.
         (None, None) if from_file => QueueStorage::InMemory,
         (None, None) => QueueStorage::Durable,
@@ -765,7 +780,7 @@ fn start_queues(
     let mut opened = None;
     let store: Arc<dyn Store> = match storage {
         QueueStorage::Redis => match shared {
-            Some(s) if on_redis => {
+            Some(s) if *on_redis => {
                 tracing::info!("queues: in the Redis data set of the state module");
                 s.clone()
             }
