@@ -201,9 +201,10 @@ impl Cluster {
         self.options.owner
     }
 
-    /// An engine announcing `function_id`, else (on a non-owner) the owner engine, which runs
-    /// the state, stream and queue functions and answers for unknown ids.
-    fn pick(&self, function_id: &str) -> Option<Arc<Peer>> {
+    /// The engines announcing `function_id`, starting at the next in round robin; else (on a
+    /// non-owner) the owner engine, which runs the state, stream and queue functions and answers
+    /// for unknown ids.
+    fn candidates(&self, function_id: &str) -> Vec<Arc<Peer>> {
         let engines = self
             .directory
             .read()
@@ -211,19 +212,21 @@ impl Cluster {
             .get(function_id)
             .cloned()
             .unwrap_or_default();
+        let peers = lock(&self.peers);
         if engines.is_empty() {
             if self.options.owner {
-                return None;
+                return Vec::new();
             }
-            let owner = self
-                .owner
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()?;
-            return lock(&self.peers).get(&owner).cloned();
+            let owner = self.owner.read().unwrap_or_else(|e| e.into_inner()).clone();
+            return owner
+                .and_then(|o| peers.get(&o).cloned())
+                .into_iter()
+                .collect();
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % engines.len();
-        lock(&self.peers).get(&engines[i]).cloned()
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % engines.len();
+        (0..engines.len())
+            .filter_map(|i| peers.get(&engines[(start + i) % engines.len()]).cloned())
+            .collect()
     }
 
     /// The peer connection to `peer`, opened on first use.
@@ -245,7 +248,8 @@ impl Cluster {
 
     /// Forwards a call with no local handler; `None` when no other engine has the function.
     pub async fn forward(&self, call: Call, timeout: Duration) -> Option<CallOutcome> {
-        let Some(peer) = self.pick(&call.function_id) else {
+        let candidates = self.candidates(&call.function_id);
+        if candidates.is_empty() {
             if !self.options.owner {
                 return Some(Err(ErrorBody::new(
                     codes::FUNCTION_NOT_FOUND,
@@ -256,31 +260,44 @@ impl Cluster {
                 )));
             }
             return None;
-        };
-        let link = match self.link(&peer).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(peer = %peer.url, error = %e, "cluster: cannot reach a peer engine");
-                return Some(Err(ErrorBody::new(
-                    codes::FUNCTION_NOT_FOUND,
-                    format!(
-                        "Function {} not found here, and the engine that has it ({}) is unreachable: {e}",
-                        call.function_id, peer.url
-                    ),
-                )));
+        }
+        // The first engine whose link is up; an engine that is away (killed, restarting) is
+        // skipped while another one offers the function.
+        let mut unavailable = None;
+        let mut chosen = None;
+        for peer in candidates {
+            match self.link(&peer).await {
+                Ok(link) if link.is_connected() => {
+                    chosen = Some((peer.clone(), link.clone()));
+                    break;
+                }
+                Ok(_) => {
+                    unavailable = Some(format!(
+                        "the engine that has it ({}) is not connected",
+                        peer.url
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.url, error = %e, "cluster: cannot reach a peer engine");
+                    unavailable = Some(format!(
+                        "the engine that has it ({}) is unreachable: {e}",
+                        peer.url
+                    ));
+                }
             }
-        };
-        if !link.is_connected() {
-            // The peer is away (its link is reconnecting): as for a worker that left, the
-            // function is not available right now; queued jobs wait for it.
+        }
+        let Some((peer, link)) = chosen else {
+            // As for a worker that left, the function is not available right now; queued jobs
+            // wait for it.
             return Some(Err(ErrorBody::new(
                 codes::FUNCTION_NOT_FOUND,
                 format!(
-                    "Function {} not found here, and the engine that has it ({}) is not connected",
-                    call.function_id, peer.url
+                    "Function {} not found here, and {}",
+                    call.function_id,
+                    unavailable.unwrap_or_default()
                 ),
             )));
-        }
+        };
         let mut entries: Vec<&str> = call
             .baggage
             .as_deref()
