@@ -25,14 +25,18 @@ redis_up() {
     (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && timeout 2 head -c 5 <&3 | grep -q PONG) 2>/dev/null
   fi
 }
+# The redis-server binary: the Redis restart test runs a private server of its own.
+ensure_redis_binary() {
+  command -v redis-server >/dev/null && return 0
+  echo "==> installing redis-server (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+    || { echo "could not install redis-server: install it, or set TRINE_TEST_REDIS_URL" >&2; return 1; }
+}
+
 ensure_redis() {
+  ensure_redis_binary || return 1
   [ -n "${TRINE_TEST_REDIS_URL:-}" ] && return 0
   redis_up && return 0
-  if ! command -v redis-server >/dev/null; then
-    echo "==> installing redis-server (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
-      || { echo "could not install redis-server: install it, or set TRINE_TEST_REDIS_URL" >&2; return 1; }
-  fi
   redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no >/dev/null
   for _ in $(seq 50); do redis_up && return 0; sleep 0.2; done
   echo "redis-server did not answer on 127.0.0.1:6379" >&2
@@ -59,7 +63,7 @@ for s in "${suites[@]}"; do
     node) run "node SDK compat (0.9.0, 0.11.6, 0.22.1)" bash tests/compat/node/run.sh ;;
     python) run "python SDK compat (0.25.0)" bash tests/compat/python/run.sh ;;
     rust-sdk) run "rust SDK compat (0.26.0-rc.4)" bash tests/compat/rust/run.sh ;;
-    e2e) run "seed app + live page e2e (0.9.0, 0.22.1, python, chromium)" bash tests/compat/node/e2e/run.sh ;;
+    e2e) ensure_redis; run "seed app + live page e2e (0.9.0, 0.22.1, python, chromium)" bash tests/compat/node/e2e/run.sh ;;
     *) echo "unknown suite: $s (rust, node, python, rust-sdk, e2e)" >&2; exit 2 ;;
   esac
 done

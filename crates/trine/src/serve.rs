@@ -348,7 +348,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // owed deliveries and queued jobs from the data set), and an owner that lost its lease comes
     // back as a non-owner. Workers and clients reconnect on their own.
     let role_change = CancellationToken::new();
-    let handover: Arc<std::sync::Mutex<Option<OwnerLease>>> = Arc::default();
+    // What the re-executed process gets: a lease this engine just took (kept renewed until the
+    // exec), or the token of a lease that is still ours.
+    let handover: Arc<std::sync::Mutex<(Option<OwnerLease>, Option<String>)>> = Arc::default();
     if let Some(g) = group.clone() {
         let (stop, changed, handover) = (shutdown.clone(), role_change.clone(), handover.clone());
         let lost = redis_lease.as_ref().map(|l| l.lost_flag());
@@ -360,12 +362,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     _ = tick.tick() => {}
                 }
                 if let Some(lost) = &lost {
-                    if lost.load(std::sync::atomic::Ordering::Acquire) {
-                        tracing::error!("group: this engine lost the data set's lease; restarting as a non-owner");
-                        changed.cancel();
-                        return;
+                    if !lost.load(std::sync::atomic::Ordering::Acquire) {
+                        continue;
                     }
-                    continue;
+                    // The lease may be gone (Redis unreachable for a whole TTL, or another
+                    // engine holds it). Step down once Redis answers again, so the fresh start
+                    // can read the data set; if the lease is still ours, keep it.
+                    tracing::error!("group: this engine may have lost the data set's lease; it restarts once Redis answers");
+                    let holder = loop {
+                        let g2 = g.clone();
+                        let h = tokio::task::spawn_blocking(move || {
+                            OwnerLease::holder(&g2.url, &g2.lease_key())
+                        })
+                        .await;
+                        match h {
+                            Ok(Ok(h)) => break h,
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "group: Redis still unreachable")
+                            }
+                            Err(_) => return,
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    };
+                    if holder.as_deref() == Some(g.token.as_str()) {
+                        handover.lock().unwrap_or_else(|e| e.into_inner()).1 =
+                            Some(g.token.clone());
+                    }
+                    changed.cancel();
+                    return;
                 }
                 let g2 = g.clone();
                 let taken = tokio::task::spawn_blocking(move || {
@@ -375,7 +402,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 match taken {
                     Ok(Ok(Some(lease))) => {
                         tracing::warn!("group: the owner engine is gone and this engine took the data set's lease; restarting as the owner");
-                        *handover.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
+                        let mut h = handover.lock().unwrap_or_else(|e| e.into_inner());
+                        h.1 = Some(lease.token().to_owned());
+                        h.0 = Some(lease);
+                        drop(h);
                         changed.cancel();
                         return;
                     }
@@ -416,17 +446,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     shutdown.cancel();
     engine.shutdown().await;
     if reexec {
-        // An owner that lost its lease lets it go as it is (another engine holds it); a
-        // non-owner that won it hands it to the process it becomes.
-        let token = handover
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .map(|l| {
-                let t = l.token().to_owned();
-                l.hand_over();
-                t
-            });
+        // The lease is never released here: either another engine holds it, or the process
+        // this one becomes adopts it with the token.
+        let (taken, token) =
+            std::mem::take(&mut *handover.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(l) = taken {
+            l.hand_over();
+        }
         if let Some(l) = redis_lease.take() {
             l.hand_over();
         }
