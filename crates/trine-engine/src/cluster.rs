@@ -1,25 +1,28 @@
-//! Calls across engines: several engines sharing one Redis reach each other's functions.
+//! A group of engines sharing one Redis (docs/cluster.md): calls across engines, the owner
+//! engine, HTTP routes of the whole group, and trigger registrations passed on to the owner.
 //!
-//! Each engine announces itself and the function ids its workers registered in Redis, and reads
-//! everybody else's announcements, every [`ClusterOptions::sync_every`]:
+//! Each engine announces itself in Redis, and reads everybody else's announcements, every
+//! [`ClusterOptions::sync_every`]:
 //!
 //! | Redis key | holds |
 //! |---|---|
 //! | `<prefix>:engines` | hash: engine id → its worker URL |
-//! | `<prefix>:engine:<id>` | this engine's function ids (JSON), expiring after `ttl` unless renewed |
+//! | `<prefix>:engine:<id>` | its announcement (JSON: worker function ids, HTTP routes, owner flag), expiring after `ttl` unless renewed |
 //!
 //! So the directory (function id → engines) is in memory and a call never waits on Redis. A call
-//! whose function has no local handler goes to an engine that announced it (round robin), over
-//! a peer connection: this engine connects to the other as a worker (the Rust SDK, worker name
-//! `trine-peer:<id>`) and makes an ordinary call. The answer or error comes back unchanged;
-//! a peer that drops mid-call gives `invocation_stopped`, like a worker that drops. Forwarded
-//! calls carry the W3C baggage entry `trine-peer=<origin engine id>`, and an engine never
-//! forwards a call that carries it: one hop at most, no loops through stale directories.
+//! whose function has no local handler goes to an engine that announced it (round robin,
+//! skipping engines whose link is down), else, on a non-owner, to the owner engine (which runs
+//! the state, stream and queue functions). It travels over a peer connection: this engine
+//! connects to the other as a worker (the Rust SDK, worker name `trine-peer:<id>`) and makes an
+//! ordinary call. The answer or error comes back unchanged; a peer that drops mid-call gives
+//! `invocation_stopped`, like a worker that drops. A call that arrives over a peer connection is
+//! served by local handlers only: one hop at most, no loops through stale directories. (Forwarded
+//! calls also carry the W3C baggage entry `trine-peer=<origin engine id>`, for tracing.)
 //!
 //! Failure: an engine that dies stops renewing its announcement; within `ttl` the others forget
-//! its functions. Until then, calls sent to it fail with `invocation_stopped` (or the connect
-//! error as `function_not_found`). Redis unreachable: the directory keeps its last contents
-//! and local calls are unaffected.
+//! it. Until then calls skip it when another engine offers the function, else fail with
+//! `function_not_found` (queued jobs wait for the function). Redis unreachable: the directory
+//! keeps its last contents and local calls are unaffected.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
