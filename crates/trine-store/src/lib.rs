@@ -218,6 +218,10 @@ pub fn for_each(
 }
 
 /// The storage seam: ordered byte keys in a fixed set of spaces.
+/// A store read that can be awaited on the async runtime without blocking it.
+pub type StoreFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
 pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically. With `sync`, returns only after the batch and all earlier ones
     /// are on stable storage (durable adapters); without it, durability may lag (the batch is
@@ -243,6 +247,14 @@ pub trait Store: Send + Sync + 'static {
             .iter()
             .map(|(space, keys)| self.get_many(*space, keys))
             .collect()
+    }
+
+    /// [`get`](Store::get) for a caller on the async runtime. Adapters behind a network round
+    /// trip answer over an async connection (many concurrent reads share it); the default
+    /// reads synchronously, which local adapters do in microseconds.
+    fn get_async(&self, space: Space, key: Vec<u8>) -> StoreFuture<Option<Vec<u8>>> {
+        let read = self.get(space, &key);
+        Box::pin(std::future::ready(read))
     }
 
     /// Whether reads cross a network (the engine then batches the reads of a commit).

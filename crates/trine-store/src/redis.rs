@@ -216,6 +216,9 @@ struct Recoveries {
 /// A [`Store`] on a Redis server; see the module docs for the layout and guarantees.
 pub struct RedisStore {
     pool: Pool,
+    /// The async connection of [`Store::get_async`]: one multiplexed connection that pipelines
+    /// concurrent reads and reconnects by itself; opened on first use.
+    reads: Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
     /// Indexed by `space as usize` (the position in [`Space::ALL`]).
     spaces: Vec<SpaceKeys>,
     durable: bool,
@@ -288,6 +291,7 @@ impl RedisStore {
             .collect();
         Ok(Self {
             pool,
+            reads: Arc::default(),
             spaces,
             durable,
             fence: options.fence.clone(),
@@ -673,6 +677,32 @@ impl Store for RedisStore {
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         off_runtime(|| self.get_now(space, key))
+    }
+
+    fn get_async(&self, space: Space, key: Vec<u8>) -> crate::StoreFuture<Option<Vec<u8>>> {
+        let hash = self.space(space).values.clone();
+        let cell = self.reads.clone();
+        let client = self.pool.client.clone();
+        let (connect, io) = (self.pool.connect_timeout, self.pool.io_timeout);
+        Box::pin(async move {
+            let manager = cell
+                .get_or_try_init(|| {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(connect))
+                        .set_response_timeout(Some(io))
+                        .set_number_of_retries(2);
+                    redis::aio::ConnectionManager::new_with_config(client, config)
+                })
+                .await
+                .map_err(|e| error("get", &e))?;
+            let mut conn = manager.clone();
+            redis::cmd("HGET")
+                .arg(&hash)
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| error("get", &e))
+        })
     }
 
     fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
@@ -1276,6 +1306,94 @@ mod tests {
             .unwrap();
         let c = OwnerLease::acquire(&url(), &key, "c", ttl, Duration::from_secs(3)).unwrap();
         drop(c);
+    }
+
+    #[test]
+    fn a_lease_is_taken_only_when_free_handed_over_and_adopted() {
+        let Some(mut admin) = admin() else { return };
+        let prefixes = Prefixes::new(admin_or_panic());
+        let key = format!("{}:owner", prefixes.next());
+        let ttl = Duration::from_millis(600);
+        let a = OwnerLease::try_acquire(&url(), &key, "a", ttl)
+            .unwrap()
+            .expect("free");
+        assert!(OwnerLease::try_acquire(&url(), &key, "b", ttl)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            OwnerLease::holder(&url(), &key).unwrap().as_deref(),
+            Some("a")
+        );
+        assert!(!a.is_lost());
+        // Handed over: not released, and adopted by a process with the same token.
+        a.hand_over();
+        let holder: Option<String> = redis::cmd("GET").arg(&key).query(&mut admin).unwrap();
+        assert_eq!(holder.as_deref(), Some("a"), "a hand-over keeps the key");
+        let a2 = OwnerLease::try_acquire(&url(), &key, "a", ttl)
+            .unwrap()
+            .expect("adopted with the same token");
+        // Taken by another engine behind its back: reported lost.
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("intruder")
+            .query(&mut admin)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !a2.is_lost() {
+            assert!(
+                Instant::now() < deadline,
+                "the loss is noticed within a renewal or two"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(a2);
+        let holder: Option<String> = redis::cmd("GET").arg(&key).query(&mut admin).unwrap();
+        assert_eq!(
+            holder.as_deref(),
+            Some("intruder"),
+            "never releases another's lease"
+        );
+    }
+
+    #[test]
+    fn async_reads_answer_like_sync_reads() {
+        let Some(admin) = admin() else { return };
+        let prefixes = Prefixes::new(admin);
+        let store = open(&url(), prefixes.next());
+        let mut b = Batch::new();
+        b.put(Space::StateData, b"k1".to_vec(), b"v1".to_vec());
+        store.commit(b, true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(
+                store
+                    .get_async(Space::StateData, b"k1".to_vec())
+                    .await
+                    .unwrap(),
+                Some(b"v1".to_vec())
+            );
+            assert_eq!(
+                store
+                    .get_async(Space::StateData, b"nope".to_vec())
+                    .await
+                    .unwrap(),
+                None
+            );
+            // Many at once share the one async connection.
+            let reads: Vec<_> = (0..200)
+                .map(|_| store.get_async(Space::StateData, b"k1".to_vec()))
+                .collect();
+            for r in reads {
+                assert_eq!(r.await.unwrap(), Some(b"v1".to_vec()));
+            }
+        });
+        assert_eq!(
+            store.get(Space::StateData, b"k1").unwrap(),
+            Some(b"v1".to_vec())
+        );
     }
 
     #[test]

@@ -143,6 +143,20 @@ pub fn read_value(
     store.get(data, key)?.map(decode_value).transpose()
 }
 
+/// [`read_value`] for a caller on the async runtime (a remote store answers over its async
+/// connection instead of blocking a runtime thread).
+pub async fn read_value_async(
+    store: &dyn Store,
+    data: Space,
+    key: Vec<u8>,
+) -> Result<Option<(serde_json::Value, u64)>, StoreError> {
+    store
+        .get_async(data, key)
+        .await?
+        .map(decode_value)
+        .transpose()
+}
+
 /// A scope's values in insertion order (state `list`, stream `list` and group syncs). A key
 /// deleted between the order scan and its read is simply left out.
 pub fn read_scope(

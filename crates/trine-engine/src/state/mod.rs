@@ -450,16 +450,17 @@ impl StateModule {
         }))
     }
 
-    fn get(&self, v: &Value) -> CallOutcome {
+    async fn get(&self, v: &Value) -> CallOutcome {
         const FID: &str = "state::get";
         let m = object(FID, v)?;
         let (scope, key) = scope_and_key(FID, m)?;
         let meta = opt_flag(FID, m, "with_meta")?;
-        let (value, version) = keys::read_value(
+        let (value, version) = keys::read_value_async(
             self.store.as_ref(),
             Space::StateData,
-            &keys::data_key(scope.as_bytes(), &key),
+            keys::data_key(scope.as_bytes(), &key),
         )
+        .await
         .map_err(|e| storage_error(codes::GET_ERROR, "get value", e))?
         .unwrap_or((Value::Null, 0));
         Ok(Some(if meta {
@@ -638,7 +639,7 @@ pub(crate) fn install(
         (
             "state::get",
             "Get a value from state",
-            bound(m, |m, v| async move { m.get(&v) }),
+            bound(m, |m, v| async move { m.get(&v).await }),
         ),
         (
             "state::delete",
