@@ -17,6 +17,9 @@
 //!   producers vs the disk's fsync ceiling; the handler keeping up, the backlog) and
 //!   `queue-latency` (open-loop enqueues at a fixed rate → handler start); both check that every
 //!   acknowledged job ran.
+//! - `group`: `group-http` (the todo app on 1, 2, 3… engines sharing one Redis data set, closed
+//!   loop of `POST /todos` spread over their HTTP ports; the metrics trigger counts every
+//!   acknowledged POST once for the group).
 //! - `stream_client`: WebSocket subscribers, the rate-controlled publisher, the stalled client,
 //!   runtimes on threads of their own.
 //! - `engine`: the engine child process (ephemeral ports, ready line, SIGTERM/SIGKILL, restart on
@@ -28,6 +31,7 @@
 //! - `report`: markdown tables.
 
 mod engine;
+mod group;
 mod histogram;
 mod http_client;
 mod load;
@@ -46,6 +50,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{locate_binary, EngineProcess, EngineSpec};
+use crate::group::GroupSettings;
 use crate::queues::{QueueBench, QueueConfig, QueueSettings};
 use crate::redis_state::RedisDataSet;
 use crate::scenarios::Settings;
@@ -69,10 +74,10 @@ struct Cli {
     /// Warm-up seconds before each measured run (not counted).
     #[arg(long, global = true, default_value_t = 2.0)]
     warmup: f64,
-    /// Concurrency levels (comma-separated): keep-alive connections for `http`, callers for
-    /// `roundtrip`.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "1,32")]
-    concurrency: Vec<usize>,
+    /// Concurrency levels (comma-separated): keep-alive connections for `http` and
+    /// `group-http`, callers for `roundtrip` [default: 1,32; group-http: 32].
+    #[arg(long, global = true, value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
     /// Threads of the load generator's own runtime.
     #[arg(long, global = true, default_value_t = 1)]
     client_threads: usize,
@@ -97,7 +102,7 @@ struct Cli {
     /// concurrency, `-d --value-bytes`, `-P 1`).
     #[arg(long, global = true, value_enum, default_value_t = StateAdapter::Kv)]
     state_adapter: StateAdapter,
-    /// Redis server of `--state-adapter redis`.
+    /// Redis server of `--state-adapter redis` and `group-http`.
     #[arg(long, global = true, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Extra argument for `trine serve` (repeatable), e.g. `--engine-arg=--threads=2`.
@@ -182,6 +187,9 @@ struct Cli {
     /// fresh engines.
     #[arg(long, global = true, default_value_t = 3)]
     slow_repeats: usize,
+    /// Group sizes of `group-http` (comma-separated: one group each, on a data set of its own).
+    #[arg(long, global = true, value_delimiter = ',', default_value = "1,2,3")]
+    engines: Vec<usize>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
@@ -226,6 +234,9 @@ enum Scenario {
     StreamSlowConsumer,
     /// All four stream scenarios (a few minutes).
     Streams,
+    /// The todo app on N engines sharing one Redis (`--engines`): closed-loop POST /todos spread
+    /// over their HTTP ports; the metrics total must match the acknowledged POSTs.
+    GroupHttp,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -249,10 +260,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::bail!("--state-store picks the engine's own store; it does not go with --state-adapter redis");
         }
     }
+    if cli.command == GroupHttp && cli.state_store.is_some() {
+        anyhow::bail!(
+            "group-http keeps state on Redis (--redis-url); --state-store does not apply"
+        );
+    }
+    let default_concurrency = if cli.command == GroupHttp {
+        vec![32]
+    } else {
+        vec![1, 32]
+    };
     let settings = Settings {
         warmup: Duration::from_secs_f64(cli.warmup.max(0.0)),
         duration: Duration::from_secs_f64(cli.duration.max(0.1)),
-        concurrency: cli.concurrency.iter().map(|&c| c.max(1)).collect(),
+        concurrency: cli
+            .concurrency
+            .clone()
+            .unwrap_or(default_concurrency)
+            .iter()
+            .map(|&c| c.max(1))
+            .collect(),
         client_threads: cli.client_threads.max(1),
         worker_threads: cli.worker_threads.max(1),
         redis_requests: cli.redis_requests.max(1),
@@ -423,6 +450,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if matches!(cmd, StreamSlowConsumer | Streams) {
         streams::slow_consumer(&settings, &stream_settings, &memory_spec).await?;
+    }
+    if cmd == GroupHttp {
+        let group_settings = GroupSettings {
+            engines: cli.engines.iter().map(|&n| n.max(1)).collect(),
+            redis_url: cli.redis_url.clone(),
+        };
+        group::group_http(&settings, &group_settings, &spec).await?;
     }
     Ok(())
 }

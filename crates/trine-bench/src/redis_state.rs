@@ -184,24 +184,35 @@ pub struct RedisDataSet {
 impl RedisDataSet {
     /// Checks the server answers and writes the config file into `dir`.
     pub fn create(dir: &Path, url: &str) -> anyhow::Result<Self> {
-        let server = RedisServer {
-            url: url.to_owned(),
-        };
-        server
-            .ping()
-            .with_context(|| format!("--state-adapter redis needs a Redis server at {url}"))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let prefix = format!("trine-bench-{}-{nanos}", std::process::id());
-        let config = dir.join(format!("{prefix}.yaml"));
-        std::fs::write(&config, config_text(url, &prefix))
-            .with_context(|| format!("writing {}", config.display()))?;
+        Self::with_config(dir, url, prefix, config_text)
+    }
+
+    /// A data set under `prefix` whose engine config file (`<dir>/<prefix>.yaml`) is
+    /// `config(url, prefix)`; checks the server answers first.
+    pub fn with_config(
+        dir: &Path,
+        url: &str,
+        prefix: String,
+        config: impl FnOnce(&str, &str) -> String,
+    ) -> anyhow::Result<Self> {
+        let server = RedisServer {
+            url: url.to_owned(),
+        };
+        server.ping().with_context(|| {
+            format!("this scenario needs a Redis server at {url} (--redis-url)")
+        })?;
+        let path = dir.join(format!("{prefix}.yaml"));
+        std::fs::write(&path, config(url, &prefix))
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(Self {
             server,
             prefix,
-            config,
+            config: path,
             cleaned: false,
         })
     }
@@ -223,6 +234,12 @@ impl RedisDataSet {
     pub fn cleanup(&mut self) -> anyhow::Result<u64> {
         self.cleaned = true;
         let _ = std::fs::remove_file(&self.config);
+        self.delete_keys()
+    }
+
+    /// Deletes every key under the prefix (while no engine uses it: before the first starts, or
+    /// once all have stopped); returns how many.
+    pub fn delete_keys(&self) -> anyhow::Result<u64> {
         let pattern = format!("{}:*", self.prefix);
         let n = self
             .server

@@ -696,17 +696,22 @@ fn sdk_error(e: trine_sdk::Error) -> ErrorBody {
     ErrorBody::new("invocation_failed", e.to_string())
 }
 
+/// Suffix of the todo ids, shared by every copy of the app in this process: replicas of the app
+/// on several engines of a group (`group-http`) write to one data set, so a per-worker counter
+/// would give two todos the same id in the same millisecond.
+static TODO_IDS: AtomicU64 = AtomicU64::new(0);
+
 /// The seed's todo app (examples/todo-node-0.9.0/app.js) on a trine-sdk worker: the same
 /// functions, triggers and payloads. Differences: todo ids get a counter suffix
-/// (`todo-<ms>-<n>`; the seed's `todo-<ms>` collides at 500 creates/s), and the on-change
-/// handler's `Logger` line is not reproduced (the Rust SDK has no log API).
-fn todo_app(w: &Worker) {
-    let ids = Arc::new(AtomicU64::new(0));
+/// (`todo-<ms>-<n>`, `n` unique in this process; the seed's `todo-<ms>` collides at 500
+/// creates/s), and the on-change handler's `Logger` line is not reproduced (the Rust SDK has no
+/// log API).
+pub(crate) fn todo_app(w: &Worker) {
     // POST /todos {title}
-    let (worker, next) = (w.clone(), ids.clone());
+    let worker = w.clone();
     w.register_function("todos::create", move |req: Value| {
         let worker = worker.clone();
-        let n = next.fetch_add(1, Ordering::Relaxed);
+        let n = TODO_IDS.fetch_add(1, Ordering::Relaxed);
         async move {
             let ms = now_ms();
             let id = format!("todo-{ms}-{n}");
