@@ -111,11 +111,13 @@ impl TriggerForwarder {
     fn attach(&self, peer: Arc<Peer>) {
         let entries = lock(&self.entries);
         let previous = lock(&self.owner).take();
-        if let Some(old) = previous.as_ref().and_then(|p| p.link.get()) {
-            // The previous owner must not keep them (it may come back as a non-owner).
-            for id in entries.keys() {
-                old.unregister_trigger(id);
-            }
+        if let Some(old) = previous.as_ref().and_then(|p| p.link.get()).cloned() {
+            // The previous owner's process is gone (an engine changes role by restarting, under
+            // a new id): close the link so it stops replaying these registrations to whatever
+            // runs at that address now. Not unregistering them one by one: the ids are the same
+            // as the new owner's, and the owner drops a connection's triggers only while that
+            // connection still holds them.
+            tokio::spawn(async move { old.shutdown().await });
         }
         if let Some(link) = peer.link.get() {
             for t in entries.values() {

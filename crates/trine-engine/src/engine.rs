@@ -659,6 +659,16 @@ impl Engine {
                     baggage: m.baggage,
                     timeout: None,
                 };
+                // An inline built-in (e.g. `engine::workers::register`, which the SDKs send
+                // fire-and-forget right after connecting) takes effect before the connection's
+                // next frame is read: a worker's name is known to the calls that follow it.
+                if self.is_inline(&call.function_id) {
+                    let fid = call.function_id.clone();
+                    if let Err(e) = self.invoke(call).await {
+                        tracing::warn!(function_id = %fid, code = %e.code, error = %e.message, "fire-and-forget call failed");
+                    }
+                    return;
+                }
                 self.invoke_void(call);
             }
             None => {
@@ -694,14 +704,7 @@ impl Engine {
                 // Built-ins registered as inline answer from memory: answering them in the read
                 // loop saves a task hop per call. Everything else runs on its own task so a slow
                 // callee never stalls this connection.
-                let inline = matches!(
-                    self.registry()
-                        .functions
-                        .get(&call.function_id)
-                        .map(|e| &e.handler),
-                    Some(Handler::Builtin { inline: true, .. })
-                );
-                if inline {
+                if self.is_inline(&call.function_id) {
                     let outcome = self.invoke(call).await;
                     reply(conn, id, m.function_id, outcome).await;
                     conn.outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -719,6 +722,17 @@ impl Engine {
     }
 
     // ----- invocation --------------------------------------------------------------------
+
+    /// Whether `function_id` is a built-in that answers from memory (run in the read loop).
+    fn is_inline(&self, function_id: &str) -> bool {
+        matches!(
+            self.registry()
+                .functions
+                .get(function_id)
+                .map(|e| &e.handler),
+            Some(Handler::Builtin { inline: true, .. })
+        )
+    }
 
     /// Runs a call and returns its outcome. `Ok(None)` means the function returned nothing.
     pub async fn invoke(&self, call: Call) -> CallOutcome {

@@ -426,7 +426,8 @@ async fn workers_list_hides_telemetry_only_connections() {
         }),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // No wait: the fire-and-forget registration takes effect before the connection's next frame
+    // (the cluster tells peer connections apart by this name).
     let list = e
         .invoke(Call::new("engine::workers::list", json!({}), Caller::Cli))
         .await

@@ -595,6 +595,7 @@ impl StateModule {
             "batches": batches,
             "batch_ops": s.batch_ops.load(Ordering::Relaxed),
             "triggers": self.triggers.count(),
+            "trigger_registrations": self.triggers.registrations(),
             "pending_deliveries": self.delivery.pending(),
             "delivered": s.delivered.load(Ordering::Relaxed),
             "skipped_by_condition": s.skipped.load(Ordering::Relaxed),
