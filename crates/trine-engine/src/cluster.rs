@@ -206,6 +206,13 @@ impl Cluster {
         self.options.owner
     }
 
+    /// Whether this engine shares a data set whose owner is another engine (it then sends the
+    /// owner every call it has no handler for). Engines that only reach each other's functions
+    /// (no shared data set) are neither owner nor follower.
+    fn is_follower(&self) -> bool {
+        !self.options.owner && self.options.forwarder.is_some()
+    }
+
     /// The engines announcing `function_id`, starting at the next in round robin; else (on a
     /// non-owner) the owner engine, which runs the state, stream and queue functions and answers
     /// for unknown ids.
@@ -219,7 +226,7 @@ impl Cluster {
             .unwrap_or_default();
         let peers = lock(&self.peers);
         if engines.is_empty() {
-            if self.options.owner {
+            if !self.is_follower() {
                 return Vec::new();
             }
             let owner = self.owner.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -255,7 +262,7 @@ impl Cluster {
     pub async fn forward(&self, call: Call, timeout: Duration) -> Option<CallOutcome> {
         let candidates = self.candidates(&call.function_id);
         if candidates.is_empty() {
-            if !self.options.owner {
+            if self.is_follower() {
                 return Some(Err(ErrorBody::new(
                     codes::FUNCTION_NOT_FOUND,
                     format!(
