@@ -72,6 +72,12 @@ struct Announcement {
     /// HTTP triggers of this engine's workers: every engine of the group serves them.
     #[serde(default)]
     http: Vec<crate::http::RemoteRoute>,
+    /// `stream:join` / `stream:leave` triggers of this engine's workers: every engine runs them
+    /// for its own sockets.
+    #[serde(default)]
+    joins: Vec<crate::stream::triggers::AnnouncedTrigger>,
+    #[serde(default)]
+    leaves: Vec<crate::stream::triggers::AnnouncedTrigger>,
 }
 
 /// Trigger registrations a non-owner engine passes on to the owner engine.
@@ -387,10 +393,16 @@ impl Cluster {
             .filter(|(_, e)| matches!(e.handler, Handler::Worker(_)))
             .map(|(k, _)| k.clone())
             .collect();
+        let (joins, leaves) = engine
+            .streams()
+            .map(|s| (s.joins().local_triggers(), s.leaves().local_triggers()))
+            .unwrap_or_default();
         Announcement {
             functions,
             owner: self.options.owner,
             http: engine.http_routes().local_triggers(),
+            joins,
+            leaves,
         }
     }
 
@@ -398,6 +410,7 @@ impl Cluster {
     fn apply(&self, engines: Vec<(String, String, Announcement)>) {
         let mut directory: HashMap<String, Vec<String>> = HashMap::new();
         let mut routes = Vec::new();
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
         let mut owner = None;
         let mut peers = lock(&self.peers);
         let mut live = BTreeSet::new();
@@ -409,6 +422,8 @@ impl Cluster {
                 owner = Some(id.clone());
             }
             routes.extend(announced.http);
+            joins.extend(announced.joins);
+            leaves.extend(announced.leaves);
             let functions = announced.functions;
             live.insert(id.clone());
             let replace = peers.get(&id).is_none_or(|p| p.url != url);
@@ -438,6 +453,10 @@ impl Cluster {
         let engine = self.engine.upgrade();
         if let Some(engine) = &engine {
             engine.http_routes().set_remote(routes);
+            if let Some(streams) = engine.streams() {
+                streams.joins().set_remote(joins);
+                streams.leaves().set_remote(leaves);
+            }
             if changed {
                 // Queued jobs waiting for a function wake up when another engine offers it.
                 engine.functions_changed_elsewhere();

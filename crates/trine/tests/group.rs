@@ -4,6 +4,7 @@
 //! - a state change made through any engine fires a trigger registered by replicas on two other
 //!   engines exactly once, in order per key;
 //! - HTTP routes registered on one engine are served by every engine;
+//! - a `stream:join` check registered through one engine guards the sockets of every engine;
 //! - a job enqueued on engine 1 runs on a worker of engine 3; a failing one is retried and
 //!   dead-lettered as on one engine;
 //! - kill -9 of the owner under load: another engine takes the data set over, every acknowledged
@@ -95,6 +96,25 @@ async fn http(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u1
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Whether a stream socket at `url` is refused by a join check (an `unauthorized` notice or a
+/// 1008 close within 2 s; an admitted path-form socket receives nothing).
+async fn join_refused(url: &str) -> bool {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = url.replace("0.0.0.0", "127.0.0.1");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let refused = match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+        Err(_) => false,
+        Ok(Some(Ok(Message::Text(t)))) => t.contains("unauthorized"),
+        Ok(Some(Ok(Message::Close(Some(f))))) => u16::from(f.code) == 1008,
+        Ok(other) => panic!("unexpected first frame on {url}: {other:?}"),
+    };
+    let _ = ws.close(None).await;
+    refused
 }
 
 /// Trigger events seen by the replicas: (worker, key, value `n`).
@@ -227,6 +247,39 @@ async fn three_engines_share_one_data_set() {
         assert_eq!(
             serde_json::from_str::<Value>(&body).unwrap(),
             json!({"hello": "bob"})
+        );
+    }
+
+    // A join check registered through engine 3 guards the sockets of engines 1 and 2 too.
+    let gate_calls = Arc::new(AtomicUsize::new(0));
+    let g = gate_calls.clone();
+    w3.register_function("group::gate", move |ev: Value| {
+        g.fetch_add(1, Ordering::Relaxed);
+        async move {
+            Ok(if ev["group_id"] == "closed" {
+                json!({"unauthorized": true})
+            } else {
+                Value::Null
+            })
+        }
+    });
+    w3.register_trigger(
+        "stream:join",
+        "group::gate",
+        json!({"stream_name": "secure"}),
+    );
+    for e in [&e1, &e2, &e3] {
+        let base = e.ready["stream_url"].as_str().unwrap().to_owned();
+        until("the join check on every engine", 10, async || {
+            join_refused(&format!("{base}/stream/secure/closed")).await
+        })
+        .await;
+        let before = gate_calls.load(Ordering::Relaxed);
+        assert!(!join_refused(&format!("{base}/stream/secure/open")).await);
+        assert_eq!(
+            gate_calls.load(Ordering::Relaxed),
+            before + 1,
+            "the check ran once for the admitted join"
         );
     }
 

@@ -184,6 +184,16 @@ impl StreamModule {
         &self.hub
     }
 
+    /// The `stream:join` triggers (this engine's, and those announced by a group's engines).
+    pub fn joins(&self) -> &Arc<JoinLeaveIndex> {
+        &self.joins
+    }
+
+    /// The `stream:leave` triggers.
+    pub fn leaves(&self) -> &Arc<JoinLeaveIndex> {
+        &self.leaves
+    }
+
     fn engine(&self) -> Result<Engine, ErrorBody> {
         self.engine
             .upgrade()

@@ -103,43 +103,128 @@ pub struct JoinLeaveTrigger {
     pub metadata: Option<Value>,
 }
 
-/// Active `stream:join` (or `stream:leave`) triggers, in registration order.
+/// A `stream:join` / `stream:leave` trigger as another engine of a group announces it: every
+/// engine runs the group's join and leave triggers for its own sockets (a join check registered
+/// through one engine guards the clients of all of them), calling the function wherever it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AnnouncedTrigger {
+    pub function_id: String,
+    #[serde(default)]
+    pub config: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+/// Active `stream:join` (or `stream:leave`) triggers, in registration order: this engine's, then
+/// those other engines of the group announced.
 #[derive(Default)]
 pub struct JoinLeaveIndex {
     list: RwLock<Vec<JoinLeaveTrigger>>,
+    /// Other engines' triggers (never announced again by this engine).
+    remote: RwLock<Vec<JoinLeaveTrigger>>,
+}
+
+fn parse_join_leave(
+    id: &str,
+    function_id: &str,
+    config: &Value,
+    metadata: Option<Value>,
+) -> Result<JoinLeaveTrigger, String> {
+    let empty = Map::new();
+    let config = match config {
+        Value::Null => &empty,
+        Value::Object(m) => m,
+        other => {
+            return Err(format!(
+                "Failed to parse trigger config: expected an object with optional `stream_name` and `condition_function_id`, got {}",
+                json_type(other)
+            ))
+        }
+    };
+    Ok(JoinLeaveTrigger {
+        id: id.to_owned(),
+        function_id: function_id.to_owned(),
+        stream: opt_string(config, "stream_name")?,
+        condition_function_id: opt_string(config, "condition_function_id")?,
+        metadata,
+    })
+}
+
+impl JoinLeaveTrigger {
+    /// Replicas (the same function with the same filter and condition) run once per join.
+    fn same_as(&self, other: &JoinLeaveTrigger) -> bool {
+        self.function_id == other.function_id
+            && self.stream.as_deref().unwrap_or("") == other.stream.as_deref().unwrap_or("")
+            && self.condition_function_id == other.condition_function_id
+    }
 }
 
 impl JoinLeaveIndex {
-    /// Triggers whose `stream_name` filter (if any) matches.
+    /// Triggers whose `stream_name` filter (if any) matches; replicas once.
     pub fn for_stream(&self, stream: &str) -> Vec<JoinLeaveTrigger> {
+        let local = self.list.read().unwrap_or_else(|e| e.into_inner());
+        let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<JoinLeaveTrigger> = Vec::new();
+        for t in local.iter().chain(remote.iter()) {
+            if t.stream
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || s == stream)
+                && !out.iter().any(|o| o.same_as(t))
+            {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
+    /// This engine's triggers, to announce to the other engines of a group.
+    pub fn local_triggers(&self) -> Vec<AnnouncedTrigger> {
         self.list
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|t| {
-                t.stream
-                    .as_deref()
-                    .is_none_or(|s| s.is_empty() || s == stream)
+            .map(|t| AnnouncedTrigger {
+                function_id: t.function_id.clone(),
+                config: serde_json::json!({
+                    "stream_name": t.stream,
+                    "condition_function_id": t.condition_function_id,
+                }),
+                metadata: t.metadata.clone(),
             })
-            .cloned()
             .collect()
+    }
+
+    /// Replaces the triggers the other engines announced (invalid ones are skipped).
+    pub fn set_remote(&self, announced: Vec<AnnouncedTrigger>) {
+        let parsed: Vec<JoinLeaveTrigger> = announced
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                parse_join_leave(
+                    &format!("remote-{i}"),
+                    &a.function_id,
+                    &a.config,
+                    a.metadata,
+                )
+                .map_err(|e| tracing::debug!(error = %e, "announced join/leave trigger skipped"))
+                .ok()
+            })
+            .collect();
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = parsed;
     }
 }
 
 impl TriggerProvider for JoinLeaveIndex {
     fn register(&self, trigger: &TriggerEntry) -> Result<(), String> {
-        let empty = Map::new();
-        let config = match &trigger.config {
-            Value::Null => &empty,
-            _ => config_object(trigger)?,
-        };
-        let t = JoinLeaveTrigger {
-            id: trigger.id.clone(),
-            function_id: trigger.function_id.clone(),
-            stream: opt_string(config, "stream_name")?,
-            condition_function_id: opt_string(config, "condition_function_id")?,
-            metadata: trigger.metadata.clone(),
-        };
+        if !matches!(trigger.config, Value::Null | Value::Object(_)) {
+            config_object(trigger)?;
+        }
+        let t = parse_join_leave(
+            &trigger.id,
+            &trigger.function_id,
+            &trigger.config,
+            trigger.metadata.clone(),
+        )?;
         let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
         list.retain(|x| x.id != trigger.id);
         list.push(t);
@@ -258,5 +343,35 @@ mod tests {
         index.unregister(&trig("a", "f", s.clone()));
         assert!(index.matching("s", "g", None).is_empty());
         assert_eq!(ids(&index.matching("t", "g", None)), ["b"]);
+    }
+
+    #[test]
+    fn join_triggers_of_other_engines_run_here_and_replicas_run_once() {
+        let here = JoinLeaveIndex::default();
+        let there = JoinLeaveIndex::default();
+        there
+            .register(&trig("x", "gate", json!({"stream_name": "s"})))
+            .unwrap();
+        there.register(&trig("y", "audit", Value::Null)).unwrap();
+        here.register(&trig("a", "gate", json!({"stream_name": "s"})))
+            .unwrap();
+        // What engine "there" announces, as this engine receives it (through JSON).
+        let announced: Vec<AnnouncedTrigger> =
+            serde_json::from_value(serde_json::to_value(there.local_triggers()).unwrap()).unwrap();
+        here.set_remote(announced);
+        let fns = |v: Vec<JoinLeaveTrigger>| -> Vec<String> {
+            v.into_iter().map(|t| t.function_id).collect()
+        };
+        // `gate` is registered here and there: once. `audit` (any stream) comes from there.
+        assert_eq!(fns(here.for_stream("s")), ["gate", "audit"]);
+        assert_eq!(fns(here.for_stream("t")), ["audit"]);
+        // Announcements carry only the engine's own triggers, and are replaced as a whole.
+        assert_eq!(here.local_triggers().len(), 1);
+        here.set_remote(vec![AnnouncedTrigger {
+            function_id: "bad".into(),
+            config: json!("not an object"),
+            metadata: None,
+        }]);
+        assert_eq!(fns(here.for_stream("t")), Vec::<String>::new());
     }
 }
