@@ -69,6 +69,10 @@ struct Announcement {
     functions: BTreeSet<String>,
     #[serde(default)]
     owner: bool,
+    /// When this engine started (ms since the epoch). While a dead owner's announcement has not
+    /// expired yet, two engines claim to be the owner: the one that started last took over.
+    #[serde(default)]
+    since: u64,
     /// HTTP triggers of this engine's workers: every engine of the group serves them.
     #[serde(default)]
     http: Vec<crate::http::RemoteRoute>,
@@ -113,10 +117,44 @@ impl TriggerForwarder {
         self.len() == 0
     }
 
+    /// The trigger types the owner engine serves for the group.
+    const OWNER_RUN: [(&'static str, &'static str); 5] = [
+        (
+            "state",
+            "State trigger (served by the group's owner engine)",
+        ),
+        (
+            "stream",
+            "Stream item changes and events (served by the group's owner engine)",
+        ),
+        (
+            "durable:subscriber",
+            "Durable topic subscriber (served by the group's owner engine)",
+        ),
+        ("cron", "Cron schedule (served by the group's owner engine)"),
+        (
+            "subscribe",
+            "Pub/sub subscription (served by the group's owner engine)",
+        ),
+    ];
+
+    /// Makes a forwarder the provider of the owner-run trigger types on `engine` (an engine of a
+    /// group that is not the owner; call before workers connect).
+    pub fn install(engine: &Engine) -> Arc<TriggerForwarder> {
+        let f = Arc::new(TriggerForwarder::default());
+        let mut reg = engine.registry();
+        for (id, description) in Self::OWNER_RUN {
+            reg.add_builtin_trigger_type(id, description, f.clone());
+        }
+        f
+    }
+
     /// Sends every kept registration to a new owner (whose link is up).
     fn attach(&self, peer: Arc<Peer>) {
         let entries = lock(&self.entries);
-        let previous = lock(&self.owner).take();
+        let previous = lock(&self.owner)
+            .replace(peer.clone())
+            .filter(|p| !Arc::ptr_eq(p, &peer));
         if let Some(old) = previous.as_ref().and_then(|p| p.link.get()).cloned() {
             // The previous owner's process is gone (an engine changes role by restarting, under
             // a new id): close the link so it stops replaying these registrations to whatever
@@ -132,19 +170,12 @@ impl TriggerForwarder {
             tracing::info!(owner = %peer.url, triggers = entries.len(),
                 "cluster: trigger registrations passed on to the owner engine");
         }
-        *lock(&self.owner) = Some(peer);
     }
 }
 
 impl crate::registry::TriggerProvider for TriggerForwarder {
     fn register(&self, trigger: &crate::registry::TriggerEntry) -> Result<(), String> {
-        let t = trine_protocol::RegisterTrigger {
-            id: trigger.id.clone(),
-            trigger_type: trigger.trigger_type.clone(),
-            function_id: trigger.function_id.clone(),
-            config: trigger.config.clone(),
-            metadata: trigger.metadata.clone(),
-        };
+        let t = trigger.registration();
         let mut entries = lock(&self.entries);
         if let Some(link) = lock(&self.owner).as_ref().and_then(|p| p.link.get()) {
             link.register_trigger_with(t.clone());
@@ -162,6 +193,13 @@ impl crate::registry::TriggerProvider for TriggerForwarder {
     }
 }
 
+/// HTTP routes, `stream:join` and `stream:leave` triggers announced by the other engines.
+type RemoteTriggers = (
+    Vec<crate::http::RemoteRoute>,
+    Vec<crate::stream::triggers::AnnouncedTrigger>,
+    Vec<crate::stream::triggers::AnnouncedTrigger>,
+);
+
 /// One other engine.
 struct Peer {
     url: String,
@@ -178,8 +216,12 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     /// The owner engine (when it is another one).
     owner: RwLock<Option<String>>,
+    /// The other engines' HTTP routes and join/leave triggers, as last applied.
+    last_remote: Mutex<RemoteTriggers>,
     next: AtomicUsize,
     runtime: tokio::runtime::Handle,
+    /// When this engine joined (ms since the epoch), announced as `since`.
+    started_ms: u64,
 }
 
 impl Cluster {
@@ -205,11 +247,6 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .get(function_id)
             .is_some_and(|e| !e.is_empty())
-    }
-
-    /// Whether this engine runs the owner's modules.
-    pub fn is_owner(&self) -> bool {
-        self.options.owner
     }
 
     /// Whether this engine shares a data set whose owner is another engine (it then sends the
@@ -400,6 +437,7 @@ impl Cluster {
         Announcement {
             functions,
             owner: self.options.owner,
+            since: self.started_ms,
             http: engine.http_routes().local_triggers(),
             joins,
             leaves,
@@ -407,7 +445,9 @@ impl Cluster {
     }
 
     /// Applies everybody's announcements (`engines`: id → (url, announcement)).
-    fn apply(&self, engines: Vec<(String, String, Announcement)>) {
+    fn apply(&self, mut engines: Vec<(String, String, Announcement)>) {
+        // In engine order, so that an unchanged group gives the same lists every round.
+        engines.sort_by(|a, b| a.0.cmp(&b.0));
         let mut directory: HashMap<String, Vec<String>> = HashMap::new();
         let mut routes = Vec::new();
         let (mut joins, mut leaves) = (Vec::new(), Vec::new());
@@ -418,8 +458,12 @@ impl Cluster {
             if id == self.id {
                 continue;
             }
-            if announced.owner {
-                owner = Some(id.clone());
+            if announced.owner
+                && owner
+                    .as_ref()
+                    .is_none_or(|(_, since)| announced.since > *since)
+            {
+                owner = Some((id.clone(), announced.since));
             }
             routes.extend(announced.http);
             joins.extend(announced.joins);
@@ -442,6 +486,7 @@ impl Cluster {
         }
         // Forget engines that stopped announcing (their connections close when dropped).
         peers.retain(|id, _| live.contains(id));
+        let owner = owner.map(|(id, _)| id);
         let owner_peer = owner.as_ref().and_then(|o| peers.get(o).cloned());
         drop(peers);
         let changed = {
@@ -452,11 +497,19 @@ impl Cluster {
         };
         let engine = self.engine.upgrade();
         if let Some(engine) = &engine {
-            engine.http_routes().set_remote(routes);
-            if let Some(streams) = engine.streams() {
-                streams.joins().set_remote(joins);
-                streams.leaves().set_remote(leaves);
+            // The route table and the join/leave lists are rebuilt only when an announcement
+            // changed them, not every round (requests read them).
+            let remote = (routes, joins, leaves);
+            let mut last = lock(&self.last_remote);
+            if *last != remote {
+                engine.http_routes().set_remote(remote.0.clone());
+                if let Some(streams) = engine.streams() {
+                    streams.joins().set_remote(remote.1.clone());
+                    streams.leaves().set_remote(remote.2.clone());
+                }
+                *last = remote;
             }
+            drop(last);
             if changed {
                 // Queued jobs waiting for a function wake up when another engine offers it.
                 engine.functions_changed_elsewhere();
@@ -548,7 +601,7 @@ fn sync_once(
 /// Joins the cluster: announces this engine and keeps the directory fresh (a thread of its own,
 /// since the Redis client is blocking). Call inside the runtime once the worker listener runs.
 pub fn install(engine: &Engine, options: ClusterOptions) -> Result<Arc<Cluster>, String> {
-    let client = redis::Client::open(options.redis_url.as_str())
+    let client = trine_store::redis::nodelay_client(&options.redis_url)
         .map_err(|e| format!("cluster: invalid Redis URL: {e}"))?;
     let mut conn = client
         .get_connection_with_timeout(Duration::from_secs(5))
@@ -562,8 +615,10 @@ pub fn install(engine: &Engine, options: ClusterOptions) -> Result<Arc<Cluster>,
         directory: RwLock::new(HashMap::new()),
         peers: Mutex::new(HashMap::new()),
         owner: RwLock::new(None),
+        last_remote: Mutex::default(),
         next: AtomicUsize::new(0),
         runtime: tokio::runtime::Handle::current(),
+        started_ms: crate::worker::now_ms(),
     });
     // First round now, so the directory is ready when workers start calling.
     let first = sync_once(&mut conn, &options, &id, &cluster.announcement(engine))

@@ -259,19 +259,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Registers built-in trigger types served by one provider (e.g. the cluster's
-    /// [`crate::cluster::TriggerForwarder`] on an engine that is not the group's owner).
-    pub fn add_trigger_types(
-        &self,
-        types: &[(&str, &str)],
-        provider: Arc<dyn crate::registry::TriggerProvider>,
-    ) {
-        let mut reg = self.registry();
-        for (id, description) in types {
-            reg.add_builtin_trigger_type(id, description, provider.clone());
-        }
-    }
-
     /// Cluster membership, when enabled.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.inner.cluster.get()

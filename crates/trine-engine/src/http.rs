@@ -661,15 +661,12 @@ mod tests {
     use super::*;
 
     fn trig(id: &str, f: &str, path: &str, method: &str) -> TriggerEntry {
-        TriggerEntry {
-            id: id.into(),
-            trigger_type: "http".into(),
-            function_id: f.into(),
-            config: json!({"api_path": path, "http_method": method}),
-            metadata: None,
-            owner: None,
-            active: true,
-        }
+        TriggerEntry::for_test(
+            id,
+            "http",
+            f,
+            json!({"api_path": path, "http_method": method}),
+        )
     }
 
     fn found(m: RouteMatch) -> (String, Map<String, Value>) {

@@ -90,6 +90,32 @@ pub struct TriggerEntry {
 }
 
 impl TriggerEntry {
+    /// The registration frame that creates this trigger (sent to a worker that provides its
+    /// type, or passed on to another engine).
+    pub fn registration(&self) -> RegisterTrigger {
+        RegisterTrigger {
+            id: self.id.clone(),
+            trigger_type: self.trigger_type.clone(),
+            function_id: self.function_id.clone(),
+            config: self.config.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    /// An active trigger without owner, for the providers' unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, trigger_type: &str, function_id: &str, config: Value) -> Self {
+        TriggerEntry {
+            id: id.into(),
+            trigger_type: trigger_type.into(),
+            function_id: function_id.into(),
+            config,
+            metadata: None,
+            owner: None,
+            active: true,
+        }
+    }
+
     pub fn describe(&self, worker_name: Option<String>) -> Value {
         let mut v = json!({
             "id": self.id,
@@ -458,11 +484,5 @@ impl Registry {
 }
 
 fn deliver_frame(t: &TriggerEntry) -> Message {
-    Message::RegisterTrigger(RegisterTrigger {
-        id: t.id.clone(),
-        trigger_type: t.trigger_type.clone(),
-        function_id: t.function_id.clone(),
-        config: t.config.clone(),
-        metadata: t.metadata.clone(),
-    })
+    Message::RegisterTrigger(t.registration())
 }

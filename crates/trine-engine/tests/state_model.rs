@@ -190,8 +190,7 @@ proptest! {
 
 /// A Redis store under a key prefix of its own; the prefix's keys are deleted afterwards.
 fn redis_store(case: usize) -> (Arc<dyn Store>, String) {
-    let url =
-        std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let url = trine_store::testing::redis_url();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -209,8 +208,7 @@ fn redis_store(case: usize) -> (Arc<dyn Store>, String) {
 }
 
 fn drop_prefix(prefix: &str) {
-    let url =
-        std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let url = trine_store::testing::redis_url();
     let Ok(mut c) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
         return;
     };

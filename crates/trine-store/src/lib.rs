@@ -29,11 +29,12 @@ pub mod conformance;
 pub mod file;
 pub mod memory;
 pub mod redis;
+pub mod testing;
 pub mod wal;
 
 pub use file::{FileStore, FileStoreOptions};
 pub use memory::MemoryStore;
-pub use redis::{Fence, OwnerLease, RedisStore, RedisStoreOptions};
+pub use redis::{Fence, LeaseKey, OwnerLease, RedisStore, RedisStoreOptions};
 
 /// A named key space (a table / partition in the storage engine). The set is closed so adapters
 /// can open every space up front.

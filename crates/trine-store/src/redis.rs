@@ -228,6 +228,15 @@ pub struct RedisStore {
     recoveries: Recoveries,
 }
 
+/// A client for the server at `url` whose connections set TCP_NODELAY (requests are small and
+/// must not wait for ACKs). Every Redis connection of Trine is made through one of these.
+pub fn nodelay_client(url: &str) -> RedisResult<redis::Client> {
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}
+
 impl RedisStore {
     /// Connects to the server at `url` (`redis://[user:password@]host[:port][/db]` or
     /// `redis+unix:///path`), checks that it answers and reads its persistence settings.
@@ -237,11 +246,7 @@ impl RedisStore {
                 "redis store: timeouts must be greater than zero".into(),
             ));
         }
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Engine(format!("redis store: invalid URL: {e}")))?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)
+        let client = nodelay_client(url)
             .map_err(|e| StoreError::Engine(format!("redis store: invalid URL: {e}")))?;
         let prefix = &options.key_prefix;
         let pool = Pool {
@@ -438,23 +443,14 @@ impl OwnerLease {
         token: &str,
         ttl: Duration,
     ) -> Result<Option<OwnerLease>, StoreError> {
-        Ok(Self::take(url, key, token, ttl, Duration::ZERO)?.ok())
+        LeaseKey::new(url, key)?.try_acquire(token, ttl)
     }
 
     /// The token of the current holder of `key`, if any.
     pub fn holder(url: &str, key: &str) -> Result<Option<String>, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Engine(format!("redis lease: invalid URL: {e}")))?;
-        let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .map_err(|e| error("lease", &e))?;
-        redis::cmd("GET")
-            .arg(key)
-            .query(&mut conn)
-            .map_err(|e| error("lease", &e))
+        LeaseKey::new(url, key)?.holder()
     }
 
-    /// `Ok(Err(holder))` when another engine still holds the key after `wait`.
     fn take(
         url: &str,
         key: &str,
@@ -462,73 +458,7 @@ impl OwnerLease {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Result<OwnerLease, String>, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Engine(format!("redis lease: invalid URL: {e}")))?;
-        let mut conn = client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .map_err(|e| error("lease", &e))?;
-        let ttl_ms = ttl.as_millis().max(1) as u64;
-        let deadline = Instant::now() + wait;
-        let mut logged = false;
-        loop {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query(&mut conn)
-                .map_err(|e| error("lease", &e))?;
-            if set.is_some() {
-                break;
-            }
-            let held: i64 = Script::new(RENEW_SCRIPT)
-                .key(key)
-                .arg(token)
-                .arg(ttl_ms)
-                .invoke(&mut conn)
-                .map_err(|e| error("lease", &e))?;
-            if held == 1 {
-                tracing::info!(key, "redis lease: adopted (handed over with this token)");
-                break;
-            }
-            let holder: Option<String> = redis::cmd("GET")
-                .arg(key)
-                .query(&mut conn)
-                .map_err(|e| error("lease", &e))?;
-            if Instant::now() >= deadline {
-                return Ok(Err(holder.unwrap_or_default()));
-            }
-            if !logged {
-                tracing::info!(key, holder = ?holder, "redis lease: held by another engine; waiting for it to expire");
-                logged = true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = {
-            let (client, key, token, stop, lost) = (
-                client.clone(),
-                key.to_owned(),
-                token.to_owned(),
-                stop.clone(),
-                lost.clone(),
-            );
-            std::thread::Builder::new()
-                .name("trine-redis-lease".into())
-                .spawn(move || renew(client, &key, &token, ttl_ms, &stop, &lost))
-                .map_err(StoreError::Io)?
-        };
-        Ok(Ok(OwnerLease {
-            key: key.to_owned(),
-            token: token.to_owned(),
-            client,
-            stop,
-            thread: Some(thread),
-            lost,
-            release_on_drop: true,
-        }))
+        LeaseKey::new(url, key)?.take(token, ttl, wait)
     }
 
     /// The token this lease holds the key with.
@@ -560,6 +490,134 @@ impl OwnerLease {
             key: self.key.clone(),
             token: self.token.clone(),
         }
+    }
+}
+
+/// One lease key on one Redis server, with a connection kept between uses: an engine that
+/// checks the lease every half second (to take it when its owner dies) does not connect anew
+/// each time.
+pub struct LeaseKey {
+    client: redis::Client,
+    key: String,
+    conn: Option<redis::Connection>,
+}
+
+impl LeaseKey {
+    /// Names the key; connects on first use.
+    pub fn new(url: &str, key: &str) -> Result<LeaseKey, StoreError> {
+        let client = nodelay_client(url)
+            .map_err(|e| StoreError::Engine(format!("redis lease: invalid URL: {e}")))?;
+        Ok(LeaseKey {
+            client,
+            key: key.to_owned(),
+            conn: None,
+        })
+    }
+
+    /// Runs `f` on the kept connection (opened if needed); a failed request drops it, so the
+    /// next use connects again.
+    fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection, &str) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        if self.conn.is_none() {
+            let c = self
+                .client
+                .get_connection_with_timeout(Duration::from_secs(5))
+                .map_err(|e| error("lease", &e))?;
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            self.conn = Some(c);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        f(conn, &self.key).map_err(|e| {
+            self.conn = None;
+            error("lease", &e)
+        })
+    }
+
+    /// The token of the current holder, if any.
+    pub fn holder(&mut self) -> Result<Option<String>, StoreError> {
+        self.with_conn(|c, key| redis::cmd("GET").arg(key).query(c))
+    }
+
+    /// Takes the lease if nobody holds it now: `Ok(None)` when another engine does.
+    pub fn try_acquire(
+        &mut self,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<OwnerLease>, StoreError> {
+        Ok(self.take(token, ttl, Duration::ZERO)?.ok())
+    }
+
+    /// `Ok(Err(holder))` when another engine still holds the key after `wait`.
+    fn take(
+        &mut self,
+        token: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Result<OwnerLease, String>, StoreError> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let deadline = Instant::now() + wait;
+        let mut logged = false;
+        loop {
+            // Free: take it. Ours already (handed over with this token): adopt it.
+            let taken = self.with_conn(|c, key| {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query(c)?;
+                if set.is_some() {
+                    return Ok(None);
+                }
+                let held: i64 = Script::new(RENEW_SCRIPT)
+                    .key(key)
+                    .arg(token)
+                    .arg(ttl_ms)
+                    .invoke(c)?;
+                if held == 1 {
+                    tracing::info!(key, "redis lease: adopted (handed over with this token)");
+                    return Ok(None);
+                }
+                let holder: Option<String> = redis::cmd("GET").arg(key).query(c)?;
+                Ok(Some(holder.unwrap_or_default()))
+            })?;
+            let Some(holder) = taken else { break };
+            if Instant::now() >= deadline {
+                return Ok(Err(holder));
+            }
+            if !logged {
+                tracing::info!(key = %self.key, holder, "redis lease: held by another engine; waiting for it to expire");
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (client, key, token, stop, lost) = (
+                self.client.clone(),
+                self.key.clone(),
+                token.to_owned(),
+                stop.clone(),
+                lost.clone(),
+            );
+            std::thread::Builder::new()
+                .name("trine-redis-lease".into())
+                .spawn(move || renew(client, &key, &token, ttl_ms, &stop, &lost))
+                .map_err(StoreError::Io)?
+        };
+        Ok(Ok(OwnerLease {
+            key: self.key.clone(),
+            token: token.to_owned(),
+            client: self.client.clone(),
+            stop,
+            thread: Some(thread),
+            lost,
+            release_on_drop: true,
+        }))
     }
 }
 
@@ -1139,36 +1197,7 @@ mod tests {
     use std::sync::atomic::AtomicU8;
     use std::sync::Arc;
 
-    /// The test server: `TRINE_TEST_REDIS_URL`, else the local default.
-    fn url() -> String {
-        std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-    }
-
-    /// A connection to the test server, or `None` (with a note) when none answers and
-    /// `TRINE_TEST_REDIS_OPTIONAL=1`; without that, no server fails the test.
-    fn admin() -> Option<redis::Connection> {
-        let url = url();
-        let answer = redis::Client::open(url.as_str()).and_then(|client| {
-            let mut c = client.get_connection_with_timeout(Duration::from_secs(2))?;
-            c.set_read_timeout(Some(Duration::from_secs(5)))?;
-            redis::cmd("PING").query::<()>(&mut c)?;
-            Ok(c)
-        });
-        match answer {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("TRINE_TEST_REDIS_OPTIONAL").as_deref() == Ok("1") => {
-                eprintln!(
-                    "skipped: no Redis server answers at {url} ({e}); TRINE_TEST_REDIS_OPTIONAL=1"
-                );
-                None
-            }
-            Err(e) => panic!(
-                "no Redis server answers at {url}: {e}. Start one (redis-server --port 6379), \
-                 point TRINE_TEST_REDIS_URL at one, or set TRINE_TEST_REDIS_OPTIONAL=1 to skip \
-                 the Redis tests"
-            ),
-        }
-    }
+    use crate::testing::{redis_admin as admin, redis_url as url};
 
     /// A second admin connection, once [`admin`] found the server.
     fn admin_or_panic() -> redis::Connection {

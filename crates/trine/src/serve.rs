@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use trine_engine::state::StateOptions;
 use trine_store::{
-    FileStore, FileStoreOptions, MemoryStore, OwnerLease, RedisStore, RedisStoreOptions, Store,
+    FileStore, FileStoreOptions, LeaseKey, MemoryStore, OwnerLease, RedisStore, RedisStoreOptions,
+    Store,
 };
 
 use crate::cli::{LogFormat, ServeArgs, StateStore};
@@ -229,32 +230,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // are called on the owner, and its workers' registrations of owner-run trigger types are
     // passed on to the owner.
     let follower = group.as_ref().is_some_and(|g| !g.owner);
-    let forwarder = follower.then(|| {
-        let f = Arc::new(trine_engine::cluster::TriggerForwarder::default());
-        engine.add_trigger_types(
-            &[
-                (
-                    "state",
-                    "State trigger (served by the group's owner engine)",
-                ),
-                (
-                    "stream",
-                    "Stream item changes and events (served by the group's owner engine)",
-                ),
-                (
-                    "durable:subscriber",
-                    "Durable topic subscriber (served by the group's owner engine)",
-                ),
-                ("cron", "Cron schedule (served by the group's owner engine)"),
-                (
-                    "subscribe",
-                    "Pub/sub subscription (served by the group's owner engine)",
-                ),
-            ],
-            f.clone(),
-        );
-        f
-    });
+    let forwarder = follower.then(|| trine_engine::cluster::TriggerForwarder::install(&engine));
     if follower {
         queue_block = None;
         cron_block = None;
@@ -350,73 +326,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let role_change = CancellationToken::new();
     // What the re-executed process gets: a lease this engine just took (kept renewed until the
     // exec), or the token of a lease that is still ours.
-    let handover: Arc<std::sync::Mutex<(Option<OwnerLease>, Option<String>)>> = Arc::default();
+    let handover: Handover = Arc::default();
     if let Some(g) = group.clone() {
-        let (stop, changed, handover) = (shutdown.clone(), role_change.clone(), handover.clone());
         let lost = redis_lease.as_ref().map(|l| l.lost_flag());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if let Some(lost) = &lost {
-                    if !lost.load(std::sync::atomic::Ordering::Acquire) {
-                        continue;
-                    }
-                    // The lease may be gone (Redis unreachable for a whole TTL, or another
-                    // engine holds it). Step down once Redis answers again, so the fresh start
-                    // can read the data set; if the lease is still ours, keep it.
-                    tracing::error!("group: this engine may have lost the data set's lease; it restarts once Redis answers");
-                    let holder = loop {
-                        let g2 = g.clone();
-                        let h = tokio::task::spawn_blocking(move || {
-                            OwnerLease::holder(&g2.url, &g2.lease_key())
-                        })
-                        .await;
-                        match h {
-                            Ok(Ok(h)) => break h,
-                            Ok(Err(e)) => {
-                                tracing::warn!(error = %e, "group: Redis still unreachable")
-                            }
-                            Err(_) => return,
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    };
-                    if holder.as_deref() == Some(g.token.as_str()) {
-                        handover.lock().unwrap_or_else(|e| e.into_inner()).1 =
-                            Some(g.token.clone());
-                    }
-                    changed.cancel();
-                    return;
-                }
-                let g2 = g.clone();
-                let taken = tokio::task::spawn_blocking(move || {
-                    OwnerLease::try_acquire(&g2.url, &g2.lease_key(), &g2.token, g2.ttl)
-                })
-                .await;
-                match taken {
-                    Ok(Ok(Some(lease))) => {
-                        tracing::warn!("group: the owner engine is gone and this engine took the data set's lease; restarting as the owner");
-                        let mut h = handover.lock().unwrap_or_else(|e| e.into_inner());
-                        h.1 = Some(lease.token().to_owned());
-                        h.0 = Some(lease);
-                        drop(h);
-                        changed.cancel();
-                        return;
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "group: cannot check the data set's lease")
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
+        tokio::spawn(watch_role(
+            g,
+            lost,
+            shutdown.clone(),
+            role_change.clone(),
+            handover.clone(),
+        ));
     }
     let ready = json!({
         "worker_url": format!("ws://{}", addrs.worker),
@@ -467,6 +386,93 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(redis_lease);
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an engine that changes role hands to the process it becomes: a lease it just took
+/// (kept renewed until the exec), and the token of a lease that is its own.
+type Handover = Arc<std::sync::Mutex<(Option<OwnerLease>, Option<String>)>>;
+
+/// Watches this engine's role in its group every 500 ms and cancels `changed` when it must
+/// restart in the other one: a non-owner takes the lease once it is free (the owner died); an
+/// owner whose lease `lost` says may be gone waits until Redis answers, then steps down
+/// (keeping the lease if it is still its own). One Redis connection is kept for the checks.
+async fn watch_role(
+    g: Group,
+    lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+    stop: CancellationToken,
+    changed: CancellationToken,
+    handover: Handover,
+) {
+    let Ok(mut probe) = LeaseKey::new(&g.url, &g.lease_key()) else {
+        return;
+    };
+    // Runs a blocking lease request off the runtime, keeping the probe's connection.
+    async fn blocking<T: Send + 'static>(
+        probe: LeaseKey,
+        f: impl FnOnce(&mut LeaseKey) -> T + Send + 'static,
+    ) -> Option<(LeaseKey, T)> {
+        tokio::task::spawn_blocking(move || {
+            let mut probe = probe;
+            let out = f(&mut probe);
+            (probe, out)
+        })
+        .await
+        .ok()
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(lost) = &lost else {
+            let (token, ttl) = (g.token.clone(), g.ttl);
+            let Some((p, taken)) = blocking(probe, move |p| p.try_acquire(&token, ttl)).await
+            else {
+                return;
+            };
+            probe = p;
+            match taken {
+                Ok(Some(lease)) => {
+                    tracing::warn!("group: the owner engine is gone and this engine took the data set's lease; restarting as the owner");
+                    let mut h = handover.lock().unwrap_or_else(|e| e.into_inner());
+                    h.1 = Some(lease.token().to_owned());
+                    h.0 = Some(lease);
+                    drop(h);
+                    changed.cancel();
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "group: cannot check the data set's lease"),
+            }
+            continue;
+        };
+        if !lost.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        tracing::error!(
+            "group: this engine may have lost the data set's lease; it restarts once Redis answers"
+        );
+        let holder = loop {
+            let Some((p, h)) = blocking(probe, |p| p.holder()).await else {
+                return;
+            };
+            probe = p;
+            match h {
+                Ok(h) => break h,
+                Err(e) => tracing::warn!(error = %e, "group: Redis still unreachable"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        if holder.as_deref() == Some(g.token.as_str()) {
+            handover.lock().unwrap_or_else(|e| e.into_inner()).1 = Some(g.token.clone());
+        }
+        changed.cancel();
+        return;
+    }
 }
 
 /// Replaces this process with a fresh start of the same command line (same pid), on the ports

@@ -395,10 +395,24 @@ async fn three_engines_share_one_data_set() {
             .map(|(_, n)| *n)
             .max()
             .unwrap();
-        let got = w
-            .call("state::get", json!({"scope": "items", "key": key}))
-            .await
-            .unwrap();
+        // The engine that took over may still be settling (its workers reconnecting): retry.
+        let mut got = Value::Null;
+        until("a read after the takeover", 10, async || {
+            match w
+                .call("state::get", json!({"scope": "items", "key": key}))
+                .await
+            {
+                Ok(v) => {
+                    got = v;
+                    true
+                }
+                Err(e) => {
+                    eprintln!("read after the takeover: {e}");
+                    false
+                }
+            }
+        })
+        .await;
         assert!(
             got["n"].as_i64().unwrap() >= last,
             "{key}: stored {got}, acknowledged {last}"

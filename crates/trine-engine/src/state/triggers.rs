@@ -257,13 +257,8 @@ mod tests {
 
     fn trig(id: &str, function_id: &str, config: Value) -> TriggerEntry {
         TriggerEntry {
-            id: id.into(),
-            trigger_type: "state".into(),
-            function_id: function_id.into(),
-            config,
             metadata: Some(json!({"from": id})),
-            owner: None,
-            active: true,
+            ..TriggerEntry::for_test(id, "state", function_id, config)
         }
     }
 

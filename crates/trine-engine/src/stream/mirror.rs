@@ -34,8 +34,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::io::tcp::TcpSettings;
-use redis::{IntoConnectionInfo, Value as RedisValue};
+use redis::Value as RedisValue;
 use serde_json::{json, Value};
 
 use super::hub::StreamHub;
@@ -62,11 +61,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const FIELD: &str = "f";
 
 fn client(redis_url: &str) -> Result<redis::Client, String> {
-    let info = redis_url
-        .into_connection_info()
-        .map_err(|e| format!("stream mirror: invalid Redis URL: {e}"))?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info).map_err(|e| format!("stream mirror: invalid Redis URL: {e}"))
+    trine_store::redis::nodelay_client(redis_url)
+        .map_err(|e| format!("stream mirror: invalid Redis URL: {e}"))
 }
 
 fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
@@ -619,27 +615,7 @@ mod tests {
     use crate::stream::hub::{Attach, ClientQueue, Frame, HubOptions, Next, Resume};
     use std::time::Instant;
 
-    /// The test server: `TRINE_TEST_REDIS_URL`, else the local default.
-    fn url() -> String {
-        std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-    }
-
-    /// A connection to the test server, or `None` (with a note) when none answers and
-    /// `TRINE_TEST_REDIS_OPTIONAL=1`; without that, no server fails the test.
-    fn admin() -> Option<redis::Connection> {
-        let url = url();
-        match client(&url).and_then(|c| connect(&c).map_err(|e| e.to_string())) {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("TRINE_TEST_REDIS_OPTIONAL").as_deref() == Ok("1") => {
-                eprintln!("skipped: no Redis server answers at {url} ({e})");
-                None
-            }
-            Err(e) => panic!(
-                "no Redis server answers at {url}: {e}. Start one, point TRINE_TEST_REDIS_URL \
-                 at one, or set TRINE_TEST_REDIS_OPTIONAL=1 to skip the Redis tests"
-            ),
-        }
-    }
+    use trine_store::testing::{redis_admin as admin, redis_url as url};
 
     /// Deletes the test's stream key on drop (also when a check panics).
     struct Key(String, redis::Connection);

@@ -246,15 +246,7 @@ mod tests {
     use super::*;
 
     fn trig(id: &str, function_id: &str, config: Value) -> TriggerEntry {
-        TriggerEntry {
-            id: id.into(),
-            trigger_type: "stream".into(),
-            function_id: function_id.into(),
-            config,
-            metadata: None,
-            owner: None,
-            active: true,
-        }
+        TriggerEntry::for_test(id, "stream", function_id, config)
     }
 
     fn ids(targets: &[Arc<Target>]) -> Vec<&str> {

@@ -193,7 +193,7 @@ pub async fn connect(url: &str, name: &str) -> trine_sdk::Worker {
 
 /// The Redis server of the tests (`TRINE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379/`).
 pub fn redis_url() -> String {
-    std::env::var("TRINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+    trine_store::testing::redis_url()
 }
 
 /// A key prefix of this run's own, whose keys are deleted when dropped (also on failure).
